@@ -1,0 +1,195 @@
+"""Assembles the GPT from the registry: build_model(cfg) -> GPT.
+
+The model is a plain nn.Module: it knows nothing of DDP, FSDP, FP8, checkpoints or logging;
+train.py wraps it from the outside.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model_components import ATTENTION_BACKENDS, FFN_TYPES, NORMALIZATIONS, POSITION_ENCODINGS
+from model_config import ModelConfig
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        # one fused projection for q, k and v; k and v have n_kv_head heads each
+        self.qkv_proj = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        self.out_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        norm = NORMALIZATIONS.get(cfg.normalization)
+        self.q_norm = norm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = norm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.attend = ATTENTION_BACKENDS.get(cfg.attention_backend)
+        self.dropout_p = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, position, positions, kv_cache=None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
+        q = self.q_norm(q.view(B, T, self.n_head, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(B, T, self.n_kv_head, self.head_dim)).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = position.rotate(q, k, positions)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        # a single new query may see every cached key; otherwise the block is causal (prefill
+        # starts from an empty cache, so queries and keys are the same positions)
+        causal = T > 1
+        y = self.attend(q, k, v, causal, self.dropout_p if self.training else 0.0)
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, -1)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        norm = NORMALIZATIONS.get(cfg.normalization)
+        self.attn_norm = norm(cfg.n_embd, cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ffn_norm = norm(cfg.n_embd, cfg.norm_eps)
+        self.ffn = FFN_TYPES.get(cfg.ffn_type)(cfg)
+        self.pre_norm = cfg.norm_position == "pre"
+
+    def forward(self, x, position, positions, kv_cache=None):
+        if self.pre_norm:
+            x = x + self.attn(self.attn_norm(x), position, positions, kv_cache)
+            return x + self.ffn(self.ffn_norm(x))
+        x = self.attn_norm(x + self.attn(x, position, positions, kv_cache))
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class KVCache:
+    """Keys and values of one layer seen so far, for incremental decoding."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def append(self, k, v):
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.position = POSITION_ENCODINGS.get(cfg.position_encoding)(cfg)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        # post-norm blocks already end in a norm; pre-norm needs one before the head (GPT-2's ln_f)
+        self.final_norm = (NORMALIZATIONS.get(cfg.normalization)(cfg.n_embd, cfg.norm_eps)
+                           if cfg.norm_position == "pre" else nn.Identity())
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.weight_tying:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        for name in ("out_proj", "down_proj"):
+            # GPT-2: residual projections scaled so the residual stream's variance does not grow with depth
+            projection = getattr(module, name, None)
+            if isinstance(projection, nn.Linear):
+                nn.init.normal_(projection.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+    def forward(self, idx, targets=None, kv_caches=None, start_pos=0):
+        T = idx.shape[1]
+        if start_pos + T > self.config.block_size:
+            raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.config.block_size}")
+        positions = torch.arange(start_pos, start_pos + T, device=idx.device)
+        x = self.wte(idx)
+        position_embedding = self.position.input_embedding(positions)
+        if position_embedding is not None:
+            x = x + position_embedding
+        x = self.embed_dropout(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.position, positions, kv_caches[i] if kv_caches is not None else None)
+        logits = self.lm_head(self.final_norm(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; non_embedding leaves out the token and position tables (as nanoGPT),
+        but keeps an untied LM head, which does real matmul work."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.wte.weight.numel()
+            total -= sum(p.numel() for p in self.position.parameters())
+        return total
+
+    def flops_per_token(self, seq_len=None):
+        return flops_per_token(self.config, seq_len or self.config.block_size)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Sample max_new_tokens after idx (B, T), reusing keys and values across steps."""
+        block_size = self.config.block_size
+        kv_caches, start_pos, next_input = None, 0, idx[:, -block_size:]
+        for _ in range(max_new_tokens):
+            if kv_caches is None or start_pos + next_input.shape[1] > block_size:
+                # (re)fill the cache from the last block_size tokens when the window slides
+                next_input = idx[:, -block_size:]
+                kv_caches, start_pos = [KVCache() for _ in self.blocks], 0
+            logits, _ = self(next_input, kv_caches=kv_caches, start_pos=start_pos)
+            start_pos += next_input.shape[1]
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k)
+            idx = torch.cat((idx, next_token), dim=1)
+            next_input = next_token
+        return idx
+
+
+def sample_next_token(logits, temperature, top_k):
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+def build_model(cfg: ModelConfig) -> GPT:
+    return GPT(cfg)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict:
+    """Model FLOPs per token of one training step (forward + backward), with a breakdown.
+
+    Conventions (those of Kaplan et al. 2020 and PaLM's MFU, and of torch's FlopCounterMode):
+    - a multiply-add is 2 FLOPs; backward costs twice the forward (gradients for inputs and for
+      weights), so every matmul term is 3x its forward cost;
+    - attention_proj: q, k, v and output projections, with grouped-query attention's smaller
+      k/v projections: 2 * n_embd * (n_head + 2 n_kv_head) * head_dim + 2 * n_embd^2 per layer;
+    - attention_scores: q k^T and attention-weighted v over the full seq_len x seq_len square,
+      4 * seq_len * n_embd per layer forward, NOT halved for the causal mask (as PaLM counts it,
+      and as the manual kernel computes it; FlashAttention skips about half of this work);
+    - ffn: from the FFN component (2 or 3 matrices); lm_head: 2 * n_embd * vocab_size whether
+      tied or not (tying shares the weights, not the work);
+    - position_encoding: RoPE's elementwise rotation of q and k (small); norms, softmax,
+      activations, embeddings lookups and the loss are elementwise and left out.
+    """
+    attention_proj = 2 * cfg.n_embd * (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim + 2 * cfg.n_embd ** 2
+    forward = {
+        "attention_proj": attention_proj * cfg.n_layer,
+        "attention_scores": 4 * seq_len * cfg.n_embd * cfg.n_layer,
+        "ffn": FFN_TYPES.get(cfg.ffn_type).forward_flops_per_token(cfg),
+        "position_encoding": POSITION_ENCODINGS.get(cfg.position_encoding).forward_flops_per_token(cfg),
+        "lm_head": 2 * cfg.n_embd * cfg.vocab_size,
+    }
+    breakdown = {name: 3 * flops for name, flops in forward.items()}
+    breakdown["total"] = sum(breakdown.values())
+    return breakdown
