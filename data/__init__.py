@@ -1,0 +1,1 @@
+"""Dataset preparation scripts; a package so that they can share code as data.text.prepare etc."""
