@@ -1,0 +1,51 @@
+import contextlib
+
+import torch
+
+from model_builder import build_model
+from model_config import ModelConfig
+from train_step import train_step
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, dropout=0.0)
+
+
+def _model_and_batches(seed=0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig.from_preset("llama", **TINY))
+    x = torch.randint(0, 64, (8, 16))
+    return model, x, torch.roll(x, -1, dims=1)
+
+
+def _sgd_step(model, batches, accumulation, grad_clip=0.0):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    it = iter(batches)
+    return train_step(model, optimizer, lambda: next(it), accumulation, contextlib.nullcontext(), grad_clip)
+
+
+def test_accumulation_equals_one_big_batch():
+    big, x, y = _model_and_batches()
+    small, _, _ = _model_and_batches()
+    full = _sgd_step(big, [(x, y)], 1)
+    accumulated = _sgd_step(small, [(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)], 4)
+    torch.testing.assert_close(accumulated.loss, full.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(accumulated.grad_norm, full.grad_norm, rtol=1e-5, atol=1e-6)
+    for a, b in zip(big.parameters(), small.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_reports_the_norm_before_clipping_and_clips():
+    clipped, x, y = _model_and_batches()
+    free, _, _ = _model_and_batches()
+    before = [p.detach().clone() for p in clipped.parameters()]
+    result = _sgd_step(clipped, [(x, y)], 1, grad_clip=1e-3)
+    unclipped = _sgd_step(free, [(x, y)], 1, grad_clip=0.0)
+    torch.testing.assert_close(result.grad_norm, unclipped.grad_norm)
+    assert result.grad_norm > 1e-3
+    update_norm = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(clipped.parameters(), before)))
+    torch.testing.assert_close(update_norm, torch.tensor(0.1 * 1e-3), rtol=1e-3, atol=1e-7)
+
+
+def test_gradients_are_cleared_after_the_step():
+    model, x, y = _model_and_batches()
+    _sgd_step(model, [(x, y)], 1)
+    assert all(p.grad is None for p in model.parameters())
