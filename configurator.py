@@ -160,6 +160,28 @@ def describe_changes(config, sources):
     return lines
 
 
+# how this invocation runs, not what the run is: never taken from a checkpoint, so a run saved
+# under FSDP on 8 GPUs resumes under DDP, ZeRO-1 or one process as launched now
+MACHINE_KEYS = {"use_zero1", "use_fsdp", "fsdp_reshard_after_forward", "dist_timeout_minutes", "device", "compile"}
+
+
+def merge_resumed_config(config, sources, saved):
+    """The configuration of a resumed run: the checkpoint's architecture wins (its weights have that
+    shape; each explicit conflict is returned for a warning), and its training options are kept
+    unless set explicitly now (so --resume=latest --max_iters=N extends a run deliberately).
+    Returns (config, sources, conflicts as (key, saved value, requested value))."""
+    explicit = {key for key, source in sources.items() if not source.startswith(("default", "preset"))}
+    requested_model = config.model.to_dict()
+    conflicts = [(key, value, requested_model[key]) for key, value in saved["model"].items()
+                 if key in explicit and requested_model.get(key) != value]
+    saved_train = {k: v for k, v in saved["train"].items() if k in TRAIN_FIELDS and k not in MACHINE_KEYS}
+    explicit_train = {k: v for k, v in dataclasses.asdict(config.train).items() if k in explicit}
+    merged = Config(model=ModelConfig(**saved["model"]), train=TrainConfig(**{**saved_train, **explicit_train}))
+    merged_sources = {**{key: "checkpoint" for key in {**saved["model"], **saved_train}},
+                      **{key: sources[key] for key in explicit_train}}
+    return merged, merged_sources, conflicts
+
+
 def _unknown_key_message(key, where):
     close = difflib.get_close_matches(key, list(ALL_FIELDS), n=3)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

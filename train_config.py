@@ -5,9 +5,12 @@ Every key here and in ModelConfig can be set in a config file or as --key=value.
 from dataclasses import asdict, dataclass
 
 from model_config import ConfigError, ModelConfig
+from optimizers import check_optimizer_options
+from pruning import check_pruning_options
 
 DATA_LOADERS = ("random", "sequential")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ON_CHECKPOINT_ERROR = ("continue", "stop")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,25 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
+    # optimizer (optimizers.py)
+    optimizer: str = "adamw"  # adamw | adamwspam | adamwprune
+    spam_theta: float = 50.0  # clip g where g^2 > theta * v_hat (the lab's GPT-2 value; paper: 5000 with beta2 0.999)
+    spam_enable_clip: bool = True
+    spam_spike_threshold: float = 2.0  # z-score of the pre-clip global grad norm that counts as a spike
+    spam_spike_window: int = 100  # recent non-spike grad norms the z-score is taken over (>= 11)
+    spam_periodic_reset: bool = True
+    spam_interval: int = 1000  # steps between momentum resets
+    spam_warmup: bool = True
+    spam_warmup_steps: int = 100  # cosine warmup of the update size after each reset
+    adamwprune_variant: str = "bitter0"  # bitter0 | bitter1 | bitter2
+    bitter2_scale: float = 1.21  # bitter2 trains max_iters * this many steps
+    # pruning (pruning.py)
+    pruning_method: str | None = None  # none | magnitude | movement | state; None: state with adamwprune, else none
+    target_sparsity: float = 0.5  # fraction of the blocks' linear weights set to zero
+    pruning_warmup: int = 1000  # steps before the first mask
+    pruning_ramp_end: int | None = None  # step the target is reached; None: 3/4 of the effective max_iters
+    pruning_frequency: int = 50  # steps between mask updates during the ramp
+    pruning_schedule: str = "cubic"  # cubic (Zhu & Gupta 2017) | linear
     # evaluation and logging
     eval_interval: int = 250
     eval_iters: int = 200
@@ -39,6 +61,21 @@ class TrainConfig:
     run_name: str | None = None  # None: <arch_preset>-<date>-<time>
     use_tensorboard: bool = True
     peak_tflops: float | None = None  # dense peak of one device for the dtype; None: look it up
+    # checkpoints (checkpoint_dir/<run_name>/; see checkpointing.py for the tiers)
+    checkpoint_dir: str = "checkpoints"
+    checkpoint_interval: int = 250  # latest.pt every N steps (0: only at the end and on shutdown)
+    checkpoint_minutes: float | None = None  # also write latest.pt when this much time has passed
+    rolling_checkpoint_interval: int = 1000  # rolling_step_XXXXXX.pt every N steps (0: never)
+    keep_checkpoints: int = 10  # newest rolling checkpoints kept
+    save_epoch_checkpoints: bool = True  # epoch_XXXXX.pt at every epoch boundary, never deleted
+    on_checkpoint_error: str = "continue"  # continue | stop, when a write fails (disk full)
+    resume: str | None = None  # latest | best | PATH to a .pt file
+    max_epochs: int | None = None  # stop at this epoch boundary even before max_iters
+    # several GPUs / nodes (torchrun); data parallel is DDP unless one of these is set
+    use_zero1: bool = False  # shard optimizer state (ZeroRedundancyOptimizer)
+    use_fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2 fully_shard per block)
+    fsdp_reshard_after_forward: bool = True  # free gathered parameters after forward (less memory, more traffic)
+    dist_timeout_minutes: float = 10.0  # a collective waiting longer (a peer died) fails instead of hanging
     # system
     seed: int = 1337
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
@@ -54,11 +91,22 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ConfigError(f"{key}={value!r} is invalid: it must not be negative.")
+        for key in ("checkpoint_interval", "rolling_checkpoint_interval", "keep_checkpoints"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: it must be 0 or more.")
+        if self.on_checkpoint_error not in ON_CHECKPOINT_ERROR:
+            raise ConfigError(f"on_checkpoint_error={self.on_checkpoint_error!r} is not accepted. "
+                              f"Accepted values: {', '.join(ON_CHECKPOINT_ERROR)}.")
+        if self.use_zero1 and self.use_fsdp:
+            raise ConfigError("use_zero1=True and use_fsdp=True were both set: FSDP already shards optimizer "
+                              "state; choose one.")
         if self.data_loader not in DATA_LOADERS:
             raise ConfigError(f"data_loader={self.data_loader!r} is not accepted. "
                               f"Accepted values: {', '.join(DATA_LOADERS)}.")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not accepted. Accepted values: {', '.join(DTYPES)}.")
+        check_optimizer_options(self)
+        check_pruning_options(self)
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ConfigError(f"min_lr={self.min_lr!r} must lie between 0 and learning_rate={self.learning_rate!r}.")
         if self.grad_clip < 0:

@@ -2,10 +2,11 @@
 
 Shared by train.py and bench.py, so a speed-up of one is a speed-up of both.
 """
-import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from distributed import gradient_sync
 
 
 @dataclass
@@ -14,25 +15,31 @@ class StepResult:
     grad_norm: torch.Tensor  # global gradient norm before clipping
 
 
-def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_clip, scaler=None):
+def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_clip, scaler=None, pruner=None):
     """Runs accumulation_steps forward/backward passes on next_batch() and one optimizer update.
 
     Each micro-batch loss is divided by accumulation_steps so the summed gradients equal the
-    gradient of the mean loss over the whole batch. Gradient synchronisation across ranks (DDP's
-    no_sync) is skipped on all but the last micro-step.
+    gradient of the mean loss over the whole batch. Gradient synchronisation across ranks (DDP,
+    FSDP) is skipped on all but the last micro-step.
     """
     total_loss = torch.zeros((), device=next(model.parameters()).device)
     for micro_step in range(accumulation_steps):
         x, y = next_batch()
-        with _gradient_sync(model, micro_step == accumulation_steps - 1), autocast:
+        with gradient_sync(model, micro_step == accumulation_steps - 1), autocast:
             _, loss = model(x, y)
             scaled = loss / accumulation_steps
             (scaler.scale(scaled) if scaler else scaled).backward()
         total_loss += scaled.detach()
     if scaler:
         scaler.unscale_(optimizer)
+    if pruner:  # movement scores from the full gradient, then pruned weights' gradients zeroed
+        pruner.before_clip()
     # clip_grad_norm_ with an infinite max measures without clipping (grad_clip=0 disables it)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+        grad_norm = grad_norm.full_tensor()
+    if hasattr(optimizer, "observe_grad_norm"):  # AdamWSPAM's spike detection needs the pre-clip norm
+        optimizer.observe_grad_norm(grad_norm)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
@@ -40,9 +47,3 @@ def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss=total_loss, grad_norm=grad_norm)
-
-
-def _gradient_sync(model, last_micro_step):
-    if last_micro_step or not hasattr(model, "no_sync"):
-        return contextlib.nullcontext()
-    return model.no_sync()

@@ -1,0 +1,445 @@
+"""Train a GPT.
+
+    python train.py config/arch_llama.py --max_iters=100
+    python train.py config/arch_gpt2.py config/shakespeare_char_cpu.py --normalization=rmsnorm
+    python train.py --resume=latest --run_name=NAME [--max_iters=MORE]
+    python train.py --list_checkpoints [--run_name=NAME]
+
+Reads top to bottom: configuration, data, model, optimizer, loop. The pieces live in modules:
+configurator (options), data_loader (batches), model_builder (the GPT), optimizers (AdamW and
+the LR schedule), train_step (one update), evaluation, training_logger (run logs), hardware
+(device, dtype, MFU), checkpointing (files on disk) and shutdown (signals).
+"""
+import dataclasses
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+import checkpointing
+import distributed
+import hardware
+from configurator import describe_changes, load_config_or_exit, merge_resumed_config
+from data_loader import make_loader
+from evaluation import estimate_loss, perplexity
+from model_builder import build_model
+from model_config import ConfigError
+from pruning import build_pruner
+from optimizers import build_optimizer, effective_max_iters, lr_at, set_lr
+from shutdown import GracefulShutdown
+from token_shards import DataError, check_enough_tokens, read_dataset
+from train_step import train_step
+from training_logger import TrainingLogger, format_console_line, git_commit
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Progress:
+    """Everything about where training stands; saved in every checkpoint."""
+    step: int = 0  # optimizer steps completed
+    tokens: int = 0
+    epoch: int = 0
+    best_val_loss: float = float("inf")
+    train_seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class Run:
+    config: object
+    dist: distributed.DistInfo
+    strategy: str  # ddp | zero1 | fsdp (ddp, and nothing to wrap, in a single process)
+    device: str
+    dtype: str
+    model: torch.nn.Module  # the plain model: checkpoints, generation
+    step_model: torch.nn.Module  # what the step runs: compiled and/or wrapped
+    optimizer: torch.optim.Optimizer
+    pruner: object  # pruning.Pruner, or None without pruning
+    max_iters: int  # effective_max_iters: bitter2 trains longer than max_iters
+    scaler: object
+    autocast: object
+    dataset: object
+    train_loader: object
+    accumulation_steps: int
+    tokens_per_step: int
+    flops_per_token: float
+    peak_tflops: float | None
+    logger: TrainingLogger
+    checkpoints: checkpointing.CheckpointManager
+    progress: Progress
+
+
+def main(argv):
+    if "--list_checkpoints" in argv:
+        return list_checkpoints(argv)
+    config, sources = load_config_or_exit(argv)
+    try:
+        run = setup(config, sources)
+        train(run)
+    except (ConfigError, DataError) as error:
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (NonFiniteLossError, checkpointing.CheckpointError) as error:
+        print(f"Stopped: {error}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        distributed.shutdown()
+
+
+def setup(config, sources):
+    resumed = None
+    if config.train.resume:
+        path, resumed, _ = checkpointing.load_for_resume(resume_candidates(config))
+        config, sources, conflicts = merge_resumed_config(config, sources, resumed["config"])
+        for key, saved, requested in conflicts:
+            print(f"WARNING: {key}={requested!r} ignored: the checkpoint's architecture has {key}={saved!r}.")
+        print(f"resuming from {path} at step {resumed['progress']['step']}")
+    t = config.train
+    try:
+        device = hardware.pick_device(t.device)
+        dtype = hardware.pick_dtype(t.dtype, device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    dist = distributed.init(device.split(":")[0], t.dist_timeout_minutes)
+    if dist.enabled and device == "cuda":
+        device = f"cuda:{dist.local_rank}"
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP does not broadcast them)
+    hardware.enable_tf32()
+
+    # ---- data
+    dataset = read_dataset(Path(t.data_dir) / t.dataset)
+    if not resumed:
+        config = dataclasses.replace(config, model=fit_vocab(config.model, dataset.vocab_size, sources, t.pad_vocab))
+    model_cfg = config.model
+    check_enough_tokens(dataset, model_cfg.block_size)
+    train_loader = make_loader(t.data_loader, dataset, "train", batch_size=t.batch_size,
+                               block_size=model_cfg.block_size, seed=t.seed, rank=dist.rank,
+                               world_size=dist.world_size, device=device)
+    accumulation_steps = accumulation_for(t, model_cfg.block_size, dist.world_size)
+
+    # ---- model
+    model = build_model(model_cfg).to(device)
+    flops = model.flops_per_token(model_cfg.block_size)
+    strategy = distributed.strategy_of(t)
+    step_model = distributed.wrap_model(model, dist, strategy, use_compile(t, device), hardware.torch_dtype(dtype),
+                                        t.fsdp_reshard_after_forward)
+    torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks
+
+    # ---- optimizer
+    optimizer = distributed.shard_optimizer(build_optimizer(model, t, device), dist, strategy)
+    pruner = build_pruner(model, t)
+    scaler = torch.amp.GradScaler(device.split(":")[0]) if hardware.needs_grad_scaler(dtype, device) else None
+
+    # ---- logging and checkpoints
+    run_name = t.run_name or f"{model_cfg.arch_preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    name = hardware.device_name(device)
+    peak = t.peak_tflops or getattr(hardware.peak_tflops(name, dtype), "tflops", None)
+    logger = TrainingLogger(Path(t.out_dir) / run_name, run_record(config, model, flops, name, peak, dtype, dist),
+                            use_tensorboard=t.use_tensorboard, enabled=dist.is_main)
+    if dist.is_main:
+        print_startup(config, sources, model, flops, name, dtype, peak, accumulation_steps, train_loader, dist,
+                      strategy, pruner)
+    run = Run(config=config, dist=dist, strategy=strategy, device=device, dtype=dtype, model=model,
+              step_model=step_model, optimizer=optimizer, pruner=pruner, max_iters=effective_max_iters(t),
+              scaler=scaler,
+              autocast=hardware.autocast_context(device, dtype), dataset=dataset, train_loader=train_loader,
+              accumulation_steps=accumulation_steps,
+              tokens_per_step=t.batch_size * model_cfg.block_size * accumulation_steps * dist.world_size,
+              flops_per_token=flops["total"], peak_tflops=peak, logger=logger,
+              checkpoints=checkpointing.CheckpointManager(Path(t.checkpoint_dir) / run_name, t.keep_checkpoints,
+                                                          t.on_checkpoint_error),
+              progress=Progress())
+    if resumed:
+        restore(run, resumed)
+    return run
+
+
+def train(run):
+    t, progress = run.config.train, run.progress
+    clock = checkpointing.CheckpointClock(t.checkpoint_interval, t.rolling_checkpoint_interval, t.checkpoint_minutes)
+    last_log_time, steps_since_log = time.perf_counter(), 0
+    with GracefulShutdown() as shutdown:
+        while progress.step < run.max_iters and not epochs_done(run):
+            if progress.step % t.eval_interval == 0:
+                evaluate(run)
+            step_start = time.perf_counter()
+            lr = lr_at(progress.step, t)
+            set_lr(run.optimizer, lr)
+            result = train_step(run.step_model, run.optimizer, run.train_loader.next_batch, run.accumulation_steps,
+                                run.autocast, t.grad_clip, run.scaler, run.pruner)
+            # one small all-reduce and one sync a step: the mean loss over ranks, checked every step
+            # (a NaN on any rank stops every rank), and whether any rank was asked to stop
+            loss, stop_requested = step_consensus(run, result.loss, shutdown.requested)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {loss} at step {progress.step} (lr {lr:.3g}). Lower learning_rate, "
+                    f"raise warmup_iters or set grad_clip; the last good checkpoint is in {run.checkpoints.folder}.")
+            progress.step += 1
+            progress.tokens += run.tokens_per_step
+            if run.pruner:  # before the checkpoints below, so they hold this step's masks
+                run.pruner.after_step(run.optimizer, progress.step)
+            progress.train_seconds += time.perf_counter() - step_start
+            steps_since_log += 1
+            if (progress.step - 1) % t.log_interval == 0 or progress.step == run.max_iters:
+                now = time.perf_counter()
+                log_train_step(run, loss, lr, result.grad_norm.item(), (now - last_log_time) / steps_since_log)
+                last_log_time, steps_since_log = now, 0
+            save_due_checkpoints(run, clock)
+            if stop_requested:
+                save_latest(run, clock)
+                announce(run, f"stopped by {shutdown.requested or 'a signal to another rank'} after step "
+                              f"{progress.step}; resume with:\n  python train.py --resume=latest "
+                              f"--run_name={run.checkpoints.folder.name}")
+                return
+    evaluate(run)
+    save_latest(run, clock)
+    run.logger.finish({"steps": progress.step, "tokens": progress.tokens, "epoch": progress.epoch,
+                       "best_val_loss": progress.best_val_loss, "train_seconds": progress.train_seconds,
+                       **sparsity(run)})
+    announce(run, f"done: best val loss {progress.best_val_loss:.4f}; checkpoints in {run.checkpoints.folder}")
+
+
+def step_consensus(run, loss, stop_requested):
+    values = torch.stack([loss.float(), torch.tensor(float(bool(stop_requested)), device=loss.device)])
+    values = distributed.mean_across_ranks(values, run.dist).tolist()
+    return values[0], values[1] > 0
+
+
+def sparsity(run, per_layer=False):
+    """Target and actual sparsity when pruning (syncs: log and eval time only)."""
+    if not run.pruner:
+        return {}
+    report = run.pruner.sparsity_report()
+    keys = ("sparsity_target", "sparsity_actual") + (("sparsity_layers",) if per_layer else ())
+    return {key: report[key] for key in keys}
+
+
+def announce(run, text):
+    if run.dist.is_main:
+        print(text, flush=True)
+
+
+def evaluate(run):
+    progress = run.progress
+    losses = estimate_loss(run.step_model, eval_loaders(run), run.config.train.eval_iters, run.autocast)
+    train_loss, val_loss = distributed.mean_across_ranks(torch.tensor([losses["train"], losses["val"]],
+                                                                      device=run.device), run.dist).tolist()
+    run.logger.log({"kind": "eval", "step": progress.step, "tokens": progress.tokens, "train_loss": train_loss,
+                    "val_loss": val_loss, "val_perplexity": perplexity(val_loss), **sparsity(run, per_layer=True)})
+    announce(run, f"step {progress.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                  f"val perplexity {perplexity(val_loss):.2f}")
+    if val_loss < progress.best_val_loss:
+        progress.best_val_loss = val_loss
+        if progress.step > 0:
+            record = model_record(run)
+            if run.dist.is_main:
+                run.checkpoints.save_best(record)
+
+
+def eval_loaders(run):
+    # the same random windows at every evaluation (fixed seed, own generator), so evals compare
+    # across steps and never disturb the training data order; each rank evaluates its own windows
+    t = run.config.train
+    return {split: make_loader("random", run.dataset, split, batch_size=t.batch_size,
+                               block_size=run.config.model.block_size, seed=t.seed + 1, rank=run.dist.rank,
+                               world_size=run.dist.world_size, device=run.device)
+            for split in ("train", "val")}
+
+
+def log_train_step(run, loss, lr, grad_norm, seconds_per_step):
+    progress, t = run.progress, run.config.train
+    tokens_per_second = run.tokens_per_step / seconds_per_step  # all ranks together
+    memory = hardware.memory_stats(run.device)
+    peaks = distributed.max_across_ranks(torch.tensor([memory.get(k) or 0.0 for k in memory], device=run.device),
+                                         run.dist).tolist()
+    event = {"kind": "train", "step": progress.step, "tokens": progress.tokens, "loss": loss, "lr": lr,
+             "grad_norm": grad_norm, "step_ms": 1000 * seconds_per_step, "tokens_per_sec": tokens_per_second,
+             "mfu": hardware.mfu(run.flops_per_token, tokens_per_second / run.dist.world_size, run.peak_tflops),
+             "eta_seconds": (run.max_iters - progress.step) * seconds_per_step, "epoch": progress.epoch,
+             "time": progress.train_seconds, **sparsity(run),
+             **(run.optimizer.spam_stats() if hasattr(run.optimizer, "spam_stats") else {}),
+             **{k: (v if memory[k] is not None else None) for k, v in zip(memory, peaks)}}
+    run.logger.log(event)
+    announce(run, format_console_line(event))
+
+
+# ---------------------------------------------------------------- checkpoints
+# Every rank takes part in building a training state (FSDP and ZeRO-1 gather shards, RNG states
+# are gathered), and rank 0 writes it.
+
+def epochs_done(run):
+    """Tracks epoch boundaries (writing epoch checkpoints) and says whether max_epochs is reached."""
+    progress, t = run.progress, run.config.train
+    epoch = getattr(run.train_loader, "epoch", None)
+    if epoch is None:  # random windows: an epoch is as many tokens as the training split holds
+        epoch = progress.tokens // run.dataset.train_tokens
+    if epoch > progress.epoch:
+        progress.epoch = epoch
+        if t.save_epoch_checkpoints:
+            write(run, run.checkpoints.save_epoch, training_state(run), epoch)
+    return t.max_epochs is not None and progress.epoch >= t.max_epochs
+
+
+def save_due_checkpoints(run, clock):
+    step = run.progress.step
+    if clock.latest_due(step):
+        save_latest(run, clock)
+    if clock.rolling_due(step):
+        write(run, run.checkpoints.save_rolling, training_state(run), step)
+
+
+def save_latest(run, clock):
+    write(run, run.checkpoints.save_latest, training_state(run))
+    clock.mark_latest_written()
+
+
+def write(run, save, state, *args):
+    if run.dist.is_main:
+        save(state, *args)
+    distributed.barrier(run.dist)  # no rank runs ahead of a checkpoint it might be killed after
+
+
+def model_record(run):
+    """Weights plus what is needed to rebuild and decode: best_model.pt, and part of every checkpoint."""
+    progress = run.progress
+    weights = distributed.full_model_state(run.model, run.strategy, run.dist)
+    return {"model": checkpointing.clean_state_dict(weights),
+            "model_config": run.config.model.to_dict(), "arch_name": run.config.model.arch_name,
+            "step": progress.step, "tokens": progress.tokens, "val_loss": progress.best_val_loss,
+            "tokenizer": {k: run.dataset.meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in run.dataset.meta}}
+
+
+def training_state(run):
+    return {**model_record(run), "format_version": checkpointing.FORMAT_VERSION,
+            "config": run.config.to_dict(), "world_size": run.dist.world_size, "strategy": run.strategy,
+            "optimizer": distributed.full_optimizer_state(run.model, run.optimizer, run.strategy, run.dist),
+            "scaler": run.scaler.state_dict() if run.scaler else None,
+            "pruning": run.pruner.state_dict() if run.pruner else None,
+            "progress": dataclasses.asdict(run.progress), "epoch": run.progress.epoch,
+            "best_val_loss": run.progress.best_val_loss, "data_loader": run.train_loader.state_dict(),
+            "rng": distributed.gather_objects(checkpointing.rng_state(), run.dist), "git_commit": git_commit(),
+            "saved_at": datetime.now().isoformat(timespec="seconds")}
+
+
+def restore(run, checkpoint):
+    distributed.load_full_model_state(run.model, checkpointing.clean_state_dict(checkpoint["model"]),
+                                      run.strategy, run.dist)
+    if "optimizer" not in checkpoint:  # best_model.pt: weights only
+        announce(run, "WARNING: this checkpoint holds weights only; the optimizer and data order start fresh.")
+        run.progress = Progress(step=checkpoint["step"], tokens=checkpoint.get("tokens", 0))
+        return
+    distributed.load_full_optimizer_state(run.model, run.optimizer, checkpoint["optimizer"], run.strategy, run.dist)
+    if run.pruner and checkpoint.get("pruning"):
+        run.pruner.load_state_dict(checkpoint["pruning"])
+    if run.scaler and checkpoint["scaler"]:
+        run.scaler.load_state_dict(checkpoint["scaler"])
+    run.train_loader.load_state_dict(checkpoint["data_loader"])
+    run.progress = Progress(**checkpoint["progress"])
+    saved_ranks = len(checkpoint["rng"])
+    if saved_ranks == run.dist.world_size:
+        checkpointing.set_rng_state(checkpoint["rng"][run.dist.rank])
+    else:
+        announce(run, f"resuming {saved_ranks} rank(s) on {run.dist.world_size}: the data position is kept "
+                      f"({'global windows consumed' if run.config.train.data_loader == 'sequential' else 'each rank replays its own random windows'}); "
+                      f"dropout RNG streams restart from the seed.")
+
+
+def resume_candidates(config):
+    t = config.train
+    if t.resume not in ("latest", "best"):
+        return [Path(t.resume)]
+    if not t.run_name:
+        runs = sorted(p.name for p in Path(t.checkpoint_dir).glob("*") if p.is_dir())
+        raise ConfigError(f"resume={t.resume!r} needs --run_name=NAME to know which run; runs in "
+                          f"{t.checkpoint_dir}/: {', '.join(runs) or 'none'}.")
+    return checkpointing.resume_candidates(Path(t.checkpoint_dir) / t.run_name, t.resume)
+
+
+def list_checkpoints(argv):
+    run_name = next((a.split("=", 1)[1] for a in argv if a.startswith(("--run_name=", "--run="))), None)
+    root = Path(next((a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint_dir=")), "checkpoints"))
+    folders = [root / run_name] if run_name else sorted(p for p in root.glob("*") if p.is_dir())
+    for folder in folders:
+        rows = checkpointing.describe_checkpoints(folder)
+        print(f"{folder}:")
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+
+
+# ---------------------------------------------------------------- setup helpers
+
+def fit_vocab(model_cfg, dataset_vocab, sources, pad):
+    """The dataset decides the vocabulary unless vocab_size was set by hand; padding to a multiple
+    of 64 makes the embedding and LM-head matmuls tensor-core friendly (50257 -> 50304)."""
+    explicit = not str(sources.get("vocab_size", "default")).startswith(("default", "preset"))
+    if explicit:
+        if model_cfg.vocab_size < dataset_vocab:
+            raise ConfigError(f"vocab_size={model_cfg.vocab_size} is smaller than the dataset's vocabulary "
+                              f"of {dataset_vocab} tokens; remove the setting or raise it.")
+        return model_cfg
+    vocab = 64 * math.ceil(dataset_vocab / 64) if pad else dataset_vocab
+    return dataclasses.replace(model_cfg, vocab_size=vocab)
+
+
+def accumulation_for(t, block_size, world_size):
+    """Micro-steps per optimizer step; with total_batch_size the global batch in tokens stays what
+    the config says whatever the number of ranks."""
+    if t.total_batch_size is None:
+        return t.gradient_accumulation_steps
+    micro_tokens = t.batch_size * block_size * world_size
+    if t.total_batch_size % micro_tokens:
+        raise ConfigError(f"total_batch_size={t.total_batch_size} tokens is not a multiple of one micro-batch "
+                          f"on all ranks (batch_size * block_size * world_size = {micro_tokens} tokens); use e.g. "
+                          f"{micro_tokens * max(1, round(t.total_batch_size / micro_tokens))}.")
+    return t.total_batch_size // micro_tokens
+
+
+def use_compile(t, device):
+    return t.compile if t.compile is not None else device.startswith("cuda")
+
+
+def run_record(config, model, flops, device_name, peak, dtype, dist):
+    return {"config": config.to_dict(), "arch_name": config.model.arch_name, "world_size": dist.world_size,
+            "effective_max_iters": effective_max_iters(config.train),
+            "params": model.num_params(non_embedding=False),
+            "params_non_embedding": model.num_params(non_embedding=True),
+            "flops_per_token": flops, "device_name": device_name, "dtype": dtype, "peak_tflops": peak,
+            "torch_version": torch.__version__, "git_commit": git_commit(),
+            "started": datetime.now().isoformat(timespec="seconds")}
+
+
+def print_startup(config, sources, model, flops, device_name, dtype, peak, accumulation_steps, train_loader, dist,
+                  strategy, pruner):
+    print(f"architecture {config.model.arch_name}: {model.num_params(non_embedding=False):,} parameters "
+          f"({model.num_params():,} non-embedding)")
+    print("configuration (differences from the defaults):")
+    print("\n".join(describe_changes(config, sources)) or "  none")
+    parallel = f", {dist.world_size} ranks ({strategy})" if dist.enabled else ""
+    print(f"device {device_name}, dtype {dtype}, gradient accumulation {accumulation_steps}{parallel}")
+    steps_per_epoch = getattr(train_loader, "steps_per_epoch", None)
+    if steps_per_epoch:
+        print(f"sequential data: {steps_per_epoch // accumulation_steps} optimizer steps per epoch")
+    t = config.train
+    if effective_max_iters(t) != t.max_iters:
+        print(f"bitter2: training {effective_max_iters(t)} steps = max_iters {t.max_iters} x bitter2_scale "
+              f"{t.bitter2_scale} (spends the compute sparsity saves; compare at equal compute, not equal steps)")
+    if pruner:
+        print(f"pruning: {pruner.method}, sparsity 0 at step {pruner.warmup} -> {pruner.target_sparsity} at step "
+              f"{pruner.ramp_end} ({pruner.schedule}), masks every {pruner.frequency} steps")
+    breakdown = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in flops.items() if k != "total")
+    print(f"training FLOPs/token {flops['total'] / 1e6:.2f}M ({breakdown})")
+    if peak:
+        print(f"MFU = FLOPs/token x tokens/s per device / {peak} TFLOPS ({dtype} dense peak); "
+              f"model FLOPs from the architecture-aware count (PaLM-style MFU)")
+    else:
+        print(hardware.mfu_unavailable_message(device_name))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
