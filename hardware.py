@@ -1,122 +1,113 @@
 """What the machine is and what it can do: device and dtype choice, peak FLOPS, MFU, memory.
 
-MFU here is model FLOPs utilisation as PaLM defines it: the model's FLOPs per token from
-model_builder's architecture-aware count (forward + backward, no activation recomputation),
-times tokens per second per device, over that device's dense peak for the dtype in use.
+MFU is model FLOPs utilisation as the PaLM paper defines it:
+
+    MFU = flops_per_token * tokens_per_second_per_device / (peak_tflops * 1e12)
+
+flops_per_token is the model's architecture-aware training count (forward + backward, from
+model_builder), not the hardware's: activation recomputation is not counted, so MFU does not
+reward recomputing. peak_tflops is one device's dense (not 2:4 sparse) peak for the dtype in use.
 """
 import contextlib
+import os
 import platform
+import re
 import resource
 import sys
 from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class PeakFlops:
-    tflops: float
-    source: str
-    estimate: bool = False
-
-
-# Dense (not 2:4 sparse) peak TFLOPS per GPU. Keys: (name substrings that must all match, names
-# that must not), values: {dtype: TFLOPS}. First match wins, so specific entries come first.
-_PEAKS = [
-    (("h100", "pcie"), (), {"bfloat16": 756, "float16": 756, "fp8": 1513}, "NVIDIA H100 PCIe datasheet"),
-    (("h100",), (), {"bfloat16": 989, "float16": 989, "fp8": 1979}, "NVIDIA H100 SXM datasheet"),
-    (("h200",), (), {"bfloat16": 989, "float16": 989, "fp8": 1979}, "NVIDIA H200 datasheet"),
-    (("b200",), (), {"bfloat16": 2250, "float16": 2250, "fp8": 4500}, "NVIDIA B200 (HGX) datasheet"),
-    (("a100",), (), {"bfloat16": 312, "float16": 312, "float32": 156}, "NVIDIA A100 datasheet (float32: TF32)"),
-    (("l4",), ("l40",), {"bfloat16": 121, "float16": 121, "fp8": 242}, "NVIDIA L4 datasheet"),
-    (("4090",), (), {"bfloat16": 165, "float16": 165, "fp8": 330}, "NVIDIA Ada (RTX 4090) whitepaper"),
-    (("mi300x",), (), {"bfloat16": 1307, "float16": 1307, "fp8": 2615}, "AMD Instinct MI300X datasheet"),
-    (("w7900",), (), {"bfloat16": 122.6, "float16": 122.6}, "AMD Radeon PRO W7900 datasheet"),
-    # NVIDIA quotes 1 PFLOP of sparse FP4 for DGX Spark; halving for dense, then halving per step
-    # of precision (FP4 -> FP8 -> BF16) gives 125. Not a datasheet figure.
-    (("gb10",), (), {"bfloat16": 125, "float16": 125, "fp8": 250}, "estimate from NVIDIA's 1 PFLOP sparse FP4"),
-]
-
-
-def peak_tflops(device_name, dtype_name, fp8=False):
-    """The dense peak for this GPU and dtype, or None where unknown (CPU, MPS, unlisted GPUs)."""
-    name = device_name.lower()
-    for needed, excluded, table, source in _PEAKS:
-        if all(n in name for n in needed) and not any(e in name for e in excluded):
-            value = table.get("fp8" if fp8 else dtype_name)
-            return PeakFlops(value, source, estimate=source.startswith("estimate")) if value else None
-    return None
-
-
-def mfu(flops_per_token, tokens_per_second_per_device, peak):
-    """Achieved model FLOPs per second per device over the dense peak (peak in TFLOPS)."""
-    if peak is None:
-        return None
-    return flops_per_token * tokens_per_second_per_device / (peak * 1e12)
-
-
-def mfu_unavailable_message(device_name):
-    return (f"MFU n/a: no dense peak FLOPS is known for '{device_name}'. Set --peak_tflops=<the dense "
-            f"TFLOPS of one device for your dtype> to get MFU.")
-
-
-def pick_device(requested):
-    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if _mps_available() else [])
-    if requested == "auto":
-        return "cuda" if "cuda" in available else "mps" if "mps" in available else "cpu"
-    if requested.split(":")[0] in available:
-        return requested
-    raise ValueError(f"device={requested!r} is not available on this machine. Available: auto, "
-                     f"{', '.join(available)} (cuda also as cuda:N).")
-
-
-def _mps_available():
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MIB = 2**20
 
 
-def pick_dtype(requested, device):
+# ---------------------------------------------------------------- device and dtype
+
+def pick_device(requested: str) -> str:
+    """'auto' picks cuda (also true on ROCm), then mps, then cpu; an explicit choice is checked."""
+    available = available_devices()
+    if requested == "auto":
+        return available[0]
+    kind, _, index = requested.partition(":")
+    if kind == "cuda" and index:
+        usable = index.isdigit() and int(index) < torch.cuda.device_count()
+    else:
+        usable = kind in available and not index
+    if usable:
+        return requested
+    choices = ["auto", *available]
+    if "cuda" in available:
+        choices.append(f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    raise ValueError(f"device={requested!r} is not available on this machine. Available: {', '.join(choices)}.")
+
+
+def available_devices() -> list[str]:
+    """In order of preference."""
+    found = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    return [device for device, present in found.items() if present]
+
+
+def pick_dtype(requested: str, device: str) -> str:
+    """'auto' picks the fastest dtype that trains without surprises on this device."""
     kind = device.split(":")[0]
     if requested == "auto":
         if kind == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "bfloat16" if kind == "mps" else "float32"
+            return "bfloat16" if _cuda_bf16_supported() else "float16"
+        # float16 on MPS would need loss scaling; float32 is the safe fallback before macOS 14
+        if kind == "mps":
+            return "bfloat16" if _mps_bf16_supported() else "float32"
+        return "float32"
     if requested not in DTYPES:
-        raise ValueError(f"dtype={requested!r} is not accepted. Accepted values: auto, {', '.join(DTYPES)}.")
-    if requested == "bfloat16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"dtype='bfloat16' is not supported by {device_name(device)}; use dtype='float16' "
-                         f"(with loss scaling) or 'auto'.")
+        raise ValueError(f"dtype={requested!r} is not a dtype this workbench trains in. "
+                         f"Accepted: auto, {', '.join(DTYPES)}.")
+    if requested == "bfloat16" and kind == "cuda" and not _cuda_bf16_supported():
+        raise ValueError(f"dtype='bfloat16' is not supported natively by {device_name(device)} (needs compute "
+                         f"capability 8.0+ on NVIDIA); use dtype='float16' (trained with loss scaling) or 'auto'.")
+    if requested == "bfloat16" and kind == "mps" and not _mps_bf16_supported():
+        raise ValueError("dtype='bfloat16' on MPS needs macOS 14 or newer; use dtype='float32' or 'auto'.")
     return requested
 
 
-def torch_dtype(name):
+def _cuda_bf16_supported():
+    # without including_emulation=False, pre-Ampere GPUs report bf16 that runs emulated and slow
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def _mps_bf16_supported():
+    return torch.backends.mps.is_macos_or_newer(14, 0)
+
+
+def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def needs_grad_scaler(dtype_name, device):
+def needs_grad_scaler(dtype_name: str, device: str) -> bool:
+    """float16 gradients underflow without loss scaling; bfloat16 has float32's range."""
     return dtype_name == "float16" and device.startswith("cuda")
 
 
-def autocast_context(device, dtype_name):
-    kind = device.split(":")[0]
+def autocast_context(device: str, dtype_name: str):
     if dtype_name == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=kind, dtype=DTYPES[dtype_name])
+    return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype_name])
 
 
 def enable_tf32():
+    """float32 matmuls in TF32 on tensor cores (Ampere and later); a no-op without CUDA.
+
+    set_float32_matmul_precision keeps the legacy allow_tf32 flag and the newer fp32_precision
+    setting in agreement; setting only one of them makes torch.compile fail when it reads the
+    other. cuDNN convolutions already default to TF32."""
     if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
 
 
-def is_rocm():
+def is_rocm() -> bool:
     return torch.version.hip is not None
 
 
-def device_name(device):
+def device_name(device: str) -> str:
     kind = device.split(":")[0]
     if kind == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
@@ -125,22 +116,108 @@ def device_name(device):
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
-def memory_stats(device):
-    """Memory in MiB: the allocator's view on CUDA, the process's resident set on CPU."""
+# ---------------------------------------------------------------- peak FLOPS and MFU
+
+@dataclass(frozen=True)
+class PeakFlops:
+    tflops: float
+    source: str
+    estimate: bool = False
+
+    def __str__(self):
+        return f"{self.tflops:g} TFLOPS dense ({self.source})" + (" (estimate)" if self.estimate else "")
+
+
+@dataclass(frozen=True)
+class _GpuPeaks:
+    """Dense TFLOPS of one GPU, found by regular expressions on its lower-cased name."""
+    name: str
+    half: float  # bfloat16 and float16, which run at the same rate on every GPU listed
+    fp8: float | None
+    source: str
+    unless: str | None = None
+    tf32: float | None = None
+    estimate: bool = False
+
+
+# Vendors quote 2:4-sparse figures beside dense ones; these are the dense ones. The first entry
+# that matches wins. Variants with their own, lower figures (H100/H200 NVL, GH200, GB200) are
+# left out rather than given a neighbour's numbers: they get "MFU n/a" and --peak_tflops.
+_GPU_PEAKS = [
+    _GpuPeaks(r"\bb200\b", 2250, 4500, "NVIDIA HGX B200 datasheet"),
+    _GpuPeaks(r"\bh100\b.*\bpcie\b", 756, 1513, "NVIDIA H100 PCIe datasheet"),
+    _GpuPeaks(r"\bh100\b", 989, 1979, "NVIDIA H100 SXM datasheet", unless=r"\bnvl\b"),
+    _GpuPeaks(r"\bh200\b", 989, 1979, "NVIDIA H200 SXM datasheet", unless=r"\bnvl\b"),
+    _GpuPeaks(r"\ba100\b", 312, None, "NVIDIA A100 datasheet", tf32=156),
+    _GpuPeaks(r"\bl4\b", 121, 242, "NVIDIA L4 datasheet"),
+    _GpuPeaks(r"\b4090\b", 165, 330, "NVIDIA Ada Lovelace architecture whitepaper, RTX 4090, FP32 accumulate"),
+    _GpuPeaks(r"\bmi300x\b", 1307, 2615, "AMD Instinct MI300X datasheet"),
+    _GpuPeaks(r"\bw7900\b", 122.6, None, "AMD Radeon PRO W7900 datasheet"),
+    # DGX Spark: NVIDIA quotes only 1 PFLOP of sparse FP4. Dense is half (500), and each step up
+    # in precision halves it again: FP8 250, BF16 125.
+    _GpuPeaks(r"\bgb10\b", 125, 250, "derived from NVIDIA's 1 PFLOP sparse FP4 for DGX Spark", estimate=True),
+]
+
+
+def peak_tflops(device_name: str, dtype_name: str, fp8: bool = False) -> PeakFlops | None:
+    """One device's dense peak for the dtype; None for CPUs, MPS and GPUs not in the table.
+
+    float32 is only known where the table has a TF32 figure, which assumes enable_tf32()."""
+    name = device_name.lower()
+    for gpu in _GPU_PEAKS:
+        if re.search(gpu.name, name) and not (gpu.unless and re.search(gpu.unless, name)):
+            by_dtype = {"bfloat16": gpu.half, "float16": gpu.half, "float32": gpu.tf32}
+            tflops = gpu.fp8 if fp8 else by_dtype.get(dtype_name)
+            return PeakFlops(tflops, gpu.source, gpu.estimate) if tflops is not None else None
+    return None
+
+
+def mfu_unavailable_message(device_name: str) -> str:
+    return (f"MFU n/a: peak FLOPS unknown for {device_name}; set --peak_tflops=<dense TFLOPS of one device "
+            f"for your dtype> to get MFU.")
+
+
+def mfu(flops_per_token: float, tokens_per_second_per_device: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation (see the module docstring); None when the peak is unknown."""
+    if peak_tflops is None:
+        return None
+    return flops_per_token * tokens_per_second_per_device / (peak_tflops * 1e12)
+
+
+# ---------------------------------------------------------------- memory
+
+def memory_stats(device: str) -> dict:
+    """Memory in MiB: the allocator's view on CUDA and MPS, the process's resident set on CPU.
+
+    A figure the platform does not report is None."""
     kind = device.split(":")[0]
     if kind == "cuda":
-        return {"memory_allocated_mib": torch.cuda.memory_allocated(device) / 2**20,
-                "memory_reserved_mib": torch.cuda.memory_reserved(device) / 2**20,
-                "memory_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+        return {"memory_allocated_mib": torch.cuda.memory_allocated(device) / MIB,
+                "memory_reserved_mib": torch.cuda.memory_reserved(device) / MIB,
+                "memory_peak_mib": torch.cuda.max_memory_allocated(device) / MIB}
     if kind == "mps":
-        return {"memory_allocated_mib": torch.mps.current_allocated_memory() / 2**20,
-                "memory_reserved_mib": torch.mps.driver_allocated_memory() / 2**20}
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return {"memory_peak_rss_mib": peak_rss}
+        return {"memory_allocated_mib": torch.mps.current_allocated_memory() / MIB,
+                "memory_reserved_mib": torch.mps.driver_allocated_memory() / MIB,
+                "memory_peak_mib": None}
+    return {"memory_rss_mib": _current_rss_mib(), "memory_peak_rss_mib": _peak_rss_mib()}
 
 
-def free_device_memory_bytes(device):
+def _current_rss_mib():
+    # /proc is Linux only; elsewhere the current RSS needs psutil, which is not a dependency
+    try:
+        with open("/proc/self/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except OSError:
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def _peak_rss_mib():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def free_device_memory_bytes(device: str) -> int | None:
     if device.startswith("cuda"):
         return torch.cuda.mem_get_info(torch.device(device))[0]
     return None

@@ -1,5 +1,13 @@
-"""A run's logs in runs/<run_name>/: config.json, metrics.jsonl (one JSON event per line,
-flushed as written, so a crash loses nothing), summary.json at the end, and TensorBoard events.
+"""A run's logs, in its run folder:
+
+    config.json     the run's configuration, written when the run starts
+    metrics.jsonl   one JSON event per line ("kind": train, eval, text, ...; "step"), flushed as
+                    written so a crash loses nothing; a resumed run appends to it
+    summary.json    written when the run finishes
+    events.out.*    TensorBoard: every numeric field of an event as <kind>/<field>
+
+Only standard JSON is written: tensors and numpy numbers become Python numbers, NaN and
+infinities become null.
 """
 import json
 import math
@@ -9,118 +17,161 @@ from pathlib import Path
 
 
 class TrainingLogger:
-    def __init__(self, run_dir, run_config, use_tensorboard=True, enabled=True):
-        self.enabled = enabled
+    """Logs one run. With enabled=False (ranks other than 0) it creates nothing and does nothing."""
+
+    def __init__(self, run_dir, run_config: dict, use_tensorboard: bool = True, enabled: bool = True):
         self.run_dir = Path(run_dir)
-        self._writer = None
+        self.enabled = enabled
+        self._metrics = None
+        self._tensorboard = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.run_dir / "config.json", run_config)
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # a resumed run appends
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if use_tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._writer = SummaryWriter(log_dir=str(self.run_dir))
-            except ImportError:
-                print("WARNING: tensorboard is not installed; logging to metrics.jsonl only "
-                      "(pip install tensorboard, or set use_tensorboard=False).")
+            self._tensorboard = _open_tensorboard(self.run_dir)
 
-    def log(self, event):
-        """event: a dict with "kind" (train, eval, ...) and "step"; numbers also go to TensorBoard."""
+    def log(self, event: dict):
         if not self.enabled:
             return
-        event = {key: _plain(value) for key, value in event.items()}
-        self._metrics.write(json.dumps(event) + "\n")
+        missing = {"kind", "step"} - event.keys()
+        if missing:
+            raise ValueError(f"a logged event needs 'kind' and 'step'; missing {sorted(missing)} in {event}")
+        event = json_ready(event)
+        self._metrics.write(json.dumps(event, allow_nan=False, default=str) + "\n")
         self._metrics.flush()
-        if self._writer:
+        if self._tensorboard:
             for key, value in event.items():
-                if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                        and value is not None:
-                    self._writer.add_scalar(f"{event['kind']}/{key}", value, global_step=event["step"])
+                if key != "step" and _is_number(value):
+                    self._tensorboard.add_scalar(f"{event['kind']}/{key}", value, global_step=event["step"])
 
-    def finish(self, summary):
+    def log_text(self, tag: str, text: str, step: int):
+        self.log({"kind": "text", "step": step, "tag": tag, "text": text})
+        if self._tensorboard:
+            self._tensorboard.add_text(tag, text, global_step=step)
+
+    def finish(self, summary: dict):
         if not self.enabled:
             return
-        write_json_atomically(self.run_dir / "summary.json", {key: _plain(v) for key, v in summary.items()})
+        write_json_atomically(self.run_dir / "summary.json", summary)
         self.close()
 
     def close(self):
-        if self.enabled and not self._metrics.closed:
+        if self._metrics:
             self._metrics.close()
-        if self._writer:
-            self._writer.close()
-            self._writer = None
+            self._metrics = None
+        if self._tensorboard:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()  # a run that raised gets no summary.json: its metrics end where it stopped
 
 
-def _plain(value):
-    """JSON-ready: tensors and numpy scalars to Python numbers, NaN and infinities to null."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        value = value.item()
+def _open_tensorboard(run_dir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("WARNING: tensorboard is not installed, so this run logs to metrics.jsonl only "
+              "(pip install tensorboard, or set use_tensorboard=False to silence this).")
+        return None
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def json_ready(value):
+    """value with tensors and numpy numbers as Python numbers and non-finite floats as None."""
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and numpy scalars
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
 def write_json_atomically(path, obj):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps({k: _plain(v) for k, v in obj.items()}, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(json_ready(obj), indent=2, allow_nan=False, default=str) + "\n",
+                       encoding="utf-8")
+    os.replace(partial, path)
 
 
-def read_metrics(run_dir):
-    """The events of a run; a truncated last line (a crash mid-write) is skipped."""
+def read_metrics(run_dir) -> list[dict]:
+    """The events of a run. A crash mid-write can leave the last line cut short; it is skipped."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     events = []
-    path = Path(run_dir) / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if number < len(lines):
+                raise ValueError(f"{run_dir}/metrics.jsonl line {number} is not JSON: {line[:80]!r}") from None
+            print(f"WARNING: skipped 1 truncated line at the end of {run_dir}/metrics.jsonl "
+                  f"(the run was probably killed while writing it).")
     return events
 
 
-def format_console_line(event):
+# ---------------------------------------------------------------- console
+
+_CONSOLE_FIELDS = [  # event key, how it reads on the console
+    ("loss", "loss {:.4f}"),
+    ("lr", "lr {:.2e}"),
+    ("grad_norm", "grad_norm {:.2f}"),
+    ("step_ms", "{:.1f} ms/step"),
+    ("tokens_per_sec", "{:,.0f} tok/s"),
+]
+# the first known of these is shown: the peak where the platform keeps one
+_MEMORY_FIELDS = ["memory_peak_mib", "memory_peak_rss_mib", "memory_allocated_mib", "memory_rss_mib"]
+
+
+def format_console_line(event: dict) -> str:
+    """step 100 | loss 3.2141 | lr 6.00e-04 | ... | MFU 41.2% | mem 12.3 GiB | ETA 1h02m"""
     parts = [f"step {event['step']}"]
-    if event.get("loss") is not None:
-        parts.append(f"loss {event['loss']:.4f}")
-    if event.get("lr") is not None:
-        parts.append(f"lr {event['lr']:.2e}")
-    if event.get("grad_norm") is not None:
-        parts.append(f"grad_norm {event['grad_norm']:.2f}")
-    if event.get("step_ms") is not None:
-        parts.append(f"{event['step_ms']:.1f} ms/step")
-    if event.get("tokens_per_sec") is not None:
-        parts.append(f"{event['tokens_per_sec']:,.0f} tok/s")
+    parts += [text.format(event[key]) for key, text in _CONSOLE_FIELDS if event.get(key) is not None]
     if "mfu" in event:
         parts.append("MFU n/a" if event["mfu"] is None else f"MFU {100 * event['mfu']:.1f}%")
-    memory = event.get("memory_peak_mib") or event.get("memory_peak_rss_mib")
-    if memory is not None:
-        parts.append(f"mem {memory / 1024:.2f} GiB")
+    memory_mib = next((event[key] for key in _MEMORY_FIELDS if event.get(key) is not None), None)
+    if memory_mib is not None:
+        parts.append(f"mem {memory_mib / 1024:.1f} GiB")
     if event.get("eta_seconds") is not None:
         parts.append(f"ETA {format_eta(event['eta_seconds'])}")
     return " | ".join(parts)
 
 
-def format_eta(seconds):
-    seconds = int(seconds)
+def format_eta(seconds: float) -> str:
+    """45s, 3m07s, 1h02m: as precise as a remaining time is worth reading."""
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def git_commit():
-    """Short hash of this checkout, '+dirty' with uncommitted changes; None outside git."""
-    here = Path(__file__).resolve().parent
+# ---------------------------------------------------------------- provenance
+
+def git_commit() -> str | None:
+    """Short hash of the checkout holding this file, '+dirty' if it has changes; None outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=5)
-        if commit.returncode != 0:
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return commit.stdout.strip() + ("+dirty" if dirty else "")
+        changes = git("status", "--porcelain").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+    return head.stdout.strip() + ("+dirty" if changes else "")
