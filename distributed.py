@@ -60,7 +60,7 @@ def strategy_of(train_cfg):
 
 # ---------------------------------------------------------------- wrapping
 
-def wrap_model(model, info, strategy, compile_model, param_dtype, reshard_after_forward=True):
+def wrap_model(model, info, strategy, compile_model, param_dtype, reshard_after_forward=True, compile_mode="default"):
     """The module the training step runs. DDP and ZeRO-1 compile first and then wrap (as
     nanoGPT does); FSDP shards each block plus the root and compiles block by block (as
     torchtitan does), which keeps compilation local to a block's shards."""
@@ -69,15 +69,19 @@ def wrap_model(model, info, strategy, compile_model, param_dtype, reshard_after_
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for block in model.blocks:
             if compile_model:
-                block.compile()
+                block.compile(mode=_mode(compile_mode))
             fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward)
         fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
         return model
-    step_model = torch.compile(model) if compile_model else model
+    step_model = torch.compile(model, mode=_mode(compile_mode)) if compile_model else model
     if info.enabled:
         device_ids = [info.local_rank] if next(model.parameters()).is_cuda else None
         step_model = torch.nn.parallel.DistributedDataParallel(step_model, device_ids=device_ids)
     return step_model
+
+
+def _mode(compile_mode):
+    return None if compile_mode == "default" else compile_mode
 
 
 def shard_optimizer(optimizer, info, strategy):

@@ -25,13 +25,12 @@ import hardware
 from configurator import describe_changes, load_config_or_exit, merge_resumed_config
 from data_loader import make_loader
 from evaluation import estimate_loss, perplexity
-from model_builder import build_model
 from model_config import ConfigError
-from pruning import build_pruner
-from optimizers import build_optimizer, effective_max_iters, lr_at, set_lr
+from optimizers import effective_max_iters, lr_at, set_lr
 from shutdown import GracefulShutdown
 from token_shards import DataError, check_enough_tokens, read_dataset
 from train_step import train_step
+from training_setup import build_step_parts
 from training_logger import TrainingLogger, format_console_line, git_commit
 
 
@@ -108,7 +107,6 @@ def setup(config, sources):
     dist = distributed.init(device.split(":")[0], t.dist_timeout_minutes)
     if dist.enabled and device == "cuda":
         device = f"cuda:{dist.local_rank}"
-    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP does not broadcast them)
     hardware.enable_tf32()
 
     # ---- data
@@ -122,18 +120,9 @@ def setup(config, sources):
                                world_size=dist.world_size, device=device)
     accumulation_steps = accumulation_for(t, model_cfg.block_size, dist.world_size)
 
-    # ---- model
-    model = build_model(model_cfg).to(device)
-    flops = model.flops_per_token(model_cfg.block_size)
-    strategy = distributed.strategy_of(t)
-    step_model = distributed.wrap_model(model, dist, strategy, use_compile(t, device), hardware.torch_dtype(dtype),
-                                        t.fsdp_reshard_after_forward)
-    torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks
-
-    # ---- optimizer
-    optimizer = distributed.shard_optimizer(build_optimizer(model, t, device), dist, strategy)
-    pruner = build_pruner(model, t)
-    scaler = torch.amp.GradScaler(device.split(":")[0]) if hardware.needs_grad_scaler(dtype, device) else None
+    # ---- model and optimizer (compiled, wrapped for DDP/ZeRO-1/FSDP, FP8 as configured)
+    parts = build_step_parts(config, device, dtype, dist)
+    model, flops = parts.model, parts.model.flops_per_token(model_cfg.block_size)
 
     # ---- logging and checkpoints
     run_name = t.run_name or f"{model_cfg.arch_preset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -143,12 +132,11 @@ def setup(config, sources):
                             use_tensorboard=t.use_tensorboard, enabled=dist.is_main)
     if dist.is_main:
         print_startup(config, sources, model, flops, name, dtype, peak, accumulation_steps, train_loader, dist,
-                      strategy, pruner)
-    run = Run(config=config, dist=dist, strategy=strategy, device=device, dtype=dtype, model=model,
-              step_model=step_model, optimizer=optimizer, pruner=pruner, max_iters=effective_max_iters(t),
-              scaler=scaler,
-              autocast=hardware.autocast_context(device, dtype), dataset=dataset, train_loader=train_loader,
-              accumulation_steps=accumulation_steps,
+                      parts.strategy, parts.pruner)
+    run = Run(config=config, dist=dist, strategy=parts.strategy, device=device, dtype=dtype, model=model,
+              step_model=parts.step_model, optimizer=parts.optimizer, pruner=parts.pruner,
+              max_iters=effective_max_iters(t), scaler=parts.scaler, autocast=parts.autocast, dataset=dataset,
+              train_loader=train_loader, accumulation_steps=accumulation_steps,
               tokens_per_step=t.batch_size * model_cfg.block_size * accumulation_steps * dist.world_size,
               flops_per_token=flops["total"], peak_tflops=peak, logger=logger,
               checkpoints=checkpointing.CheckpointManager(Path(t.checkpoint_dir) / run_name, t.keep_checkpoints,
@@ -398,10 +386,6 @@ def accumulation_for(t, block_size, world_size):
                           f"on all ranks (batch_size * block_size * world_size = {micro_tokens} tokens); use e.g. "
                           f"{micro_tokens * max(1, round(t.total_batch_size / micro_tokens))}.")
     return t.total_batch_size // micro_tokens
-
-
-def use_compile(t, device):
-    return t.compile if t.compile is not None else device.startswith("cuda")
 
 
 def run_record(config, model, flops, device_name, peak, dtype, dist):

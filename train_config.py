@@ -11,6 +11,10 @@ from pruning import check_pruning_options
 DATA_LOADERS = ("random", "sequential")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_CHECKPOINT_ERROR = ("continue", "stop")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SDPA_KERNELS = ("auto", "flash", "cudnn", "efficient", "math")
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+FP8_RECIPES = ("tensorwise", "rowwise")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,12 @@ class TrainConfig:
     use_fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2 fully_shard per block)
     fsdp_reshard_after_forward: bool = True  # free gathered parameters after forward (less memory, more traffic)
     dist_timeout_minutes: float = 10.0  # a collective waiting longer (a peer died) fails instead of hanging
+    # speed (see BENCHMARKS.md for what each is worth)
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    sdpa_kernel: str = "auto"  # auto | flash | cudnn | efficient | math: the fused attention kernel SDPA may use
+    activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)
+    fp8: bool = False  # torchao float8 training on GPUs of compute capability 8.9+; bf16 elsewhere
+    fp8_recipe: str = "tensorwise"  # tensorwise | rowwise
     # system
     seed: int = 1337
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
@@ -97,6 +107,11 @@ class TrainConfig:
         if self.on_checkpoint_error not in ON_CHECKPOINT_ERROR:
             raise ConfigError(f"on_checkpoint_error={self.on_checkpoint_error!r} is not accepted. "
                               f"Accepted values: {', '.join(ON_CHECKPOINT_ERROR)}.")
+        for key, accepted in (("compile_mode", COMPILE_MODES), ("sdpa_kernel", SDPA_KERNELS),
+                              ("activation_checkpointing", ACTIVATION_CHECKPOINTING), ("fp8_recipe", FP8_RECIPES)):
+            if getattr(self, key) not in accepted:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not accepted. Accepted values: "
+                                  f"{', '.join(accepted)}.")
         if self.use_zero1 and self.use_fsdp:
             raise ConfigError("use_zero1=True and use_fsdp=True were both set: FSDP already shards optimizer "
                               "state; choose one.")

@@ -1,0 +1,104 @@
+"""The objects a training step needs, built from a Config: the model (converted and wrapped from
+the outside for FP8, activation checkpointing, compilation and data parallelism), the optimizer,
+the pruner, the loss scaler and the autocast context. Shared by train.py and bench.py, so both
+run exactly the same step.
+
+Order (as torchtitan applies them): float8 -> activation checkpointing -> compile -> DDP/FSDP.
+"""
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+import distributed
+import hardware
+from model_builder import build_model
+from optimizers import build_optimizer
+from pruning import build_pruner
+
+
+@dataclass
+class StepParts:
+    model: nn.Module  # the plain model: checkpoints, evaluation of weights, generation
+    step_model: nn.Module  # what the step runs: compiled and/or wrapped
+    optimizer: torch.optim.Optimizer
+    pruner: object  # pruning.Pruner or None
+    scaler: object  # torch.amp.GradScaler for float16, else None
+    autocast: object
+    strategy: str
+
+
+def build_step_parts(config, device, dtype, dist):
+    t = config.train
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP does not broadcast them)
+    model = build_model(config.model).to(device)
+    if t.fp8:
+        convert_to_float8(model, t.fp8_recipe, device)
+    apply_activation_checkpointing(model, t.activation_checkpointing)
+    select_attention_kernel(t.sdpa_kernel, device)
+    strategy = distributed.strategy_of(t)
+    compile_model = t.compile if t.compile is not None else device.startswith("cuda")
+    step_model = distributed.wrap_model(model, dist, strategy, compile_model, hardware.torch_dtype(dtype),
+                                        t.fsdp_reshard_after_forward, t.compile_mode)
+    torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks
+    optimizer = distributed.shard_optimizer(build_optimizer(model, t, device), dist, strategy)
+    scaler = torch.amp.GradScaler(device.split(":")[0]) if hardware.needs_grad_scaler(dtype, device) else None
+    return StepParts(model=model, step_model=step_model, optimizer=optimizer, pruner=build_pruner(model, t),
+                     scaler=scaler, autocast=hardware.autocast_context(device, dtype), strategy=strategy)
+
+
+def convert_to_float8(model, recipe, device):
+    """torchao float8 training for the blocks' linear layers. The LM head stays in bf16 (its
+    output feeds the softmax, where float8's range hurts), as do layers whose sizes are not
+    multiples of 16 (the float8 matmul kernels need them). Falls back with one warning."""
+    reason = _float8_unavailable(device)
+    if reason:
+        warnings.warn(f"fp8=True ignored: {reason}; training in bf16/the configured dtype instead.", stacklevel=2)
+        return
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    def eligible(module, name):
+        return (isinstance(module, nn.Linear) and name.startswith("blocks.")
+                and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe), module_filter_fn=eligible)
+
+
+def _float8_unavailable(device):
+    if not device.startswith("cuda"):
+        return f"float8 matmuls need an NVIDIA GPU of compute capability 8.9+, and the device is {device}"
+    capability = torch.cuda.get_device_capability(torch.device(device))
+    if capability < (8, 9):
+        return f"{hardware.device_name(device)} has compute capability {capability[0]}.{capability[1]} (< 8.9)"
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    return None
+
+
+def apply_activation_checkpointing(model, mode):
+    """Recompute blocks' activations in backward instead of storing them: `full` wraps every
+    block, `selective` every second one (about half the activation memory for a third more
+    forward compute on the wrapped blocks)."""
+    if mode == "none":
+        return
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    every = 1 if mode == "full" else 2
+    for i, block in enumerate(model.blocks):
+        if i % every == 0:
+            model.blocks[i] = checkpoint_wrapper(block)
+
+
+_SDPA_FLAGS = {"flash": "enable_flash_sdp", "cudnn": "enable_cudnn_sdp", "efficient": "enable_mem_efficient_sdp",
+               "math": "enable_math_sdp"}
+
+
+def select_attention_kernel(kernel, device):
+    """Restricts scaled_dot_product_attention to one fused kernel (math stays as the fallback
+    for shapes a kernel cannot take); auto leaves PyTorch's own choice."""
+    if kernel == "auto" or not device.startswith("cuda"):
+        return
+    for name, flag in _SDPA_FLAGS.items():
+        getattr(torch.backends.cuda, flag)(name in (kernel, "math"))
