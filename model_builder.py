@@ -135,8 +135,9 @@ class GPT(nn.Module):
         return flops_per_token(self.config, seq_len or self.config.block_size)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after idx (B, T), reusing keys and values across steps."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, vocab_size=None):
+        """Sample max_new_tokens after idx (B, T), reusing keys and values across steps. vocab_size:
+        sample only ids below it (the tokenizer's real tokens, not the padding of a padded vocab)."""
         block_size = self.config.block_size
         kv_caches, start_pos, next_input = None, 0, idx[:, -block_size:]
         for _ in range(max_new_tokens):
@@ -146,7 +147,7 @@ class GPT(nn.Module):
                 kv_caches, start_pos = [KVCache() for _ in self.blocks], 0
             logits, _ = self(next_input, kv_caches=kv_caches, start_pos=start_pos)
             start_pos += next_input.shape[1]
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k)
+            next_token = sample_next_token(logits[:, -1, :vocab_size], temperature, top_k)
             idx = torch.cat((idx, next_token), dim=1)
             next_input = next_token
         return idx
@@ -164,6 +165,13 @@ def sample_next_token(logits, temperature, top_k):
 
 def build_model(cfg: ModelConfig) -> GPT:
     return GPT(cfg)
+
+
+def from_hf(name_or_path, **overrides):
+    """(GPT, ModelConfig) from "gpt2"/"gpt2-medium"/"gpt2-large"/"gpt2-xl" or a local Hugging Face
+    folder of a GPT-2, Llama or Mistral model; see hf_interop.py."""
+    from hf_interop import from_hf as load  # hf_interop imports this module
+    return load(name_or_path, **overrides)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict:

@@ -58,7 +58,7 @@ def load_model(path, device):
 def generate_samples(model, tokenizer, prompt, num_samples, max_new_tokens, temperature, top_k, device):
     ids = tokenizer.encode(prompt) or [0]
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, vocab_size=tokenizer.vocab_size)
     return [tokenizer.decode(row.tolist()) for row in out]
 
 

@@ -24,11 +24,13 @@ import distributed
 import hardware
 from configurator import describe_changes, load_config_or_exit, merge_resumed_config
 from data_loader import make_loader
-from evaluation import estimate_loss, perplexity
+from evaluation import estimate_loss, evaluate_hellaswag, generate_sample, hellaswag_file, load_hellaswag, perplexity
+from hf_interop import check_dataset_fits, from_hf
 from model_config import ConfigError
 from optimizers import effective_max_iters, lr_at, set_lr
 from shutdown import GracefulShutdown
 from token_shards import DataError, check_enough_tokens, read_dataset
+from tokenizer import tokenizer_from_meta
 from train_step import train_step
 from training_setup import build_step_parts
 from training_logger import TrainingLogger, format_console_line, git_commit
@@ -45,6 +47,7 @@ class Progress:
     tokens: int = 0
     epoch: int = 0
     best_val_loss: float = float("inf")
+    best_step: int = 0
     train_seconds: float = 0.0
 
 
@@ -71,6 +74,8 @@ class Run:
     logger: TrainingLogger
     checkpoints: checkpointing.CheckpointManager
     progress: Progress
+    tokenizer: object  # for text samples and HellaSwag; None when neither is on
+    hellaswag: list  # HellaSwag examples; empty when hellaswag_interval is 0
 
 
 def main(argv):
@@ -111,7 +116,13 @@ def setup(config, sources):
 
     # ---- data
     dataset = read_dataset(Path(t.data_dir) / t.dataset)
-    if not resumed:
+    pretrained = None
+    if not resumed and t.init_from not in ("scratch", "resume"):
+        # released weights fix the architecture and vocabulary; explicit options may only agree with them
+        pretrained, model_cfg = from_hf(t.init_from, **explicit_model_options(config.model, sources))
+        check_dataset_fits(t.init_from, model_cfg, dataset.meta)
+        config = dataclasses.replace(config, model=model_cfg)
+    elif not resumed:
         config = dataclasses.replace(config, model=fit_vocab(config.model, dataset.vocab_size, sources, t.pad_vocab))
     model_cfg = config.model
     check_enough_tokens(dataset, model_cfg.block_size)
@@ -119,9 +130,13 @@ def setup(config, sources):
                                block_size=model_cfg.block_size, seed=t.seed, rank=dist.rank,
                                world_size=dist.world_size, device=device)
     accumulation_steps = accumulation_for(t, model_cfg.block_size, dist.world_size)
+    tokenizer, hellaswag = evaluation_data(t, dataset)
 
     # ---- model and optimizer (compiled, wrapped for DDP/ZeRO-1/FSDP, FP8 as configured)
     parts = build_step_parts(config, device, dtype, dist)
+    if pretrained is not None:  # the released weights replace the random init, as a resume would
+        distributed.load_full_model_state(parts.model, pretrained.state_dict(), parts.strategy, dist)
+        del pretrained
     model, flops = parts.model, parts.model.flops_per_token(model_cfg.block_size)
 
     # ---- logging and checkpoints
@@ -141,7 +156,7 @@ def setup(config, sources):
               flops_per_token=flops["total"], peak_tflops=peak, logger=logger,
               checkpoints=checkpointing.CheckpointManager(Path(t.checkpoint_dir) / run_name, t.keep_checkpoints,
                                                           t.on_checkpoint_error),
-              progress=Progress())
+              progress=Progress(), tokenizer=tokenizer, hellaswag=hellaswag)
     if resumed:
         restore(run, resumed)
     return run
@@ -155,11 +170,12 @@ def train(run):
         while progress.step < run.max_iters and not epochs_done(run):
             if progress.step % t.eval_interval == 0:
                 evaluate(run)
+            evaluate_extras(run)
             step_start = time.perf_counter()
             lr = lr_at(progress.step, t)
             set_lr(run.optimizer, lr)
             result = train_step(run.step_model, run.optimizer, run.train_loader.next_batch, run.accumulation_steps,
-                                run.autocast, t.grad_clip, run.scaler, run.pruner)
+                                run.autocast, t.grad_clip, run.scaler, run.pruner, histograms_due(run))
             # one small all-reduce and one sync a step: the mean loss over ranks, checked every step
             # (a NaN on any rank stops every rank), and whether any rank was asked to stop
             loss, stop_requested = step_consensus(run, result.loss, shutdown.requested)
@@ -185,11 +201,15 @@ def train(run):
                               f"--run_name={run.checkpoints.folder.name}")
                 return
     evaluate(run)
+    final = evaluate_extras(run, final=True)
     save_latest(run, clock)
-    run.logger.finish({"steps": progress.step, "tokens": progress.tokens, "epoch": progress.epoch,
-                       "best_val_loss": progress.best_val_loss, "train_seconds": progress.train_seconds,
-                       **sparsity(run)})
-    announce(run, f"done: best val loss {progress.best_val_loss:.4f}; checkpoints in {run.checkpoints.folder}")
+    summary = {"steps": progress.step, "tokens": progress.tokens, "epoch": progress.epoch,
+               "best_val_loss": progress.best_val_loss, "best_step": progress.best_step,
+               "train_seconds": progress.train_seconds, **final, **sparsity(run)}
+    if t.tensorboard_hparams:
+        run.logger.log_hparams({**run.config.model.to_dict(), **dataclasses.asdict(t)}, summary)
+    run.logger.finish(summary)
+    announce(run, f"done: best val loss {progress.best_val_loss:.4f} at step {progress.best_step}; checkpoints in {run.checkpoints.folder}")
 
 
 def step_consensus(run, loss, stop_requested):
@@ -222,11 +242,56 @@ def evaluate(run):
     announce(run, f"step {progress.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                   f"val perplexity {perplexity(val_loss):.2f}")
     if val_loss < progress.best_val_loss:
-        progress.best_val_loss = val_loss
+        progress.best_val_loss, progress.best_step = val_loss, progress.step
         if progress.step > 0:
             record = model_record(run)
             if run.dist.is_main:
                 run.checkpoints.save_best(record)
+
+
+def evaluate_extras(run, final=False):
+    """HellaSwag and a text sample when their interval comes round (not at step 0), and both at
+    the end (final); returns the final HellaSwag numbers for the summary."""
+    t, step = run.config.train, run.progress.step
+    results = run_hellaswag(run) if is_due(t.hellaswag_interval, step, final) else {}
+    if is_due(t.sample_interval, step, final):
+        log_sample(run)
+    return {f"hellaswag_{key}": value for key, value in results.items()} if final else {}
+
+
+def is_due(interval, step, final):
+    return interval > 0 and (final or (step > 0 and step % interval == 0))
+
+
+def run_hellaswag(run):
+    # the plain model: a compiled one would recompile for every example length; under FSDP the
+    # plain model is the sharded one and every rank takes part
+    counts = evaluate_hellaswag(run.model, run.tokenizer, run.hellaswag, run.config.model.block_size, run.device,
+                                run.autocast, run.dist.rank, run.dist.world_size)
+    correct, correct_norm, count = distributed.mean_across_ranks(
+        torch.tensor(counts, dtype=torch.float32, device=run.device), run.dist).tolist()
+    results = {"acc": correct / count, "acc_norm": correct_norm / count, "examples": len(run.hellaswag)}
+    run.logger.log({"kind": "hellaswag", "step": run.progress.step, "tokens": run.progress.tokens, **results})
+    announce(run, f"step {run.progress.step}: HellaSwag acc {results['acc']:.4f}, acc_norm "
+                  f"{results['acc_norm']:.4f} ({len(run.hellaswag)} examples)")
+    return results
+
+
+def log_sample(run):
+    # every rank generates (FSDP's forward needs them all); the same seed gives the same text
+    t = run.config.train
+    text = generate_sample(run.model, run.tokenizer, t.sample_prompt, t.sample_max_new_tokens,
+                           t.sample_temperature, t.sample_top_k, run.device, seed=t.seed)
+    run.logger.log_text("sample", text, run.progress.step)
+    announce(run, f"step {run.progress.step} sample:\n{text}\n{'-' * 40}")
+
+
+def histograms_due(run):
+    """The gradient hook that logs histograms when histogram_interval comes round, else None."""
+    t, step = run.config.train, run.progress.step + 1  # the step this update completes
+    if not (t.use_tensorboard and t.histogram_interval and step % t.histogram_interval == 0):
+        return None
+    return lambda: run.logger.log_histograms(run.model, step)
 
 
 def eval_loaders(run):
@@ -362,6 +427,13 @@ def list_checkpoints(argv):
 
 # ---------------------------------------------------------------- setup helpers
 
+def explicit_model_options(model_cfg, sources):
+    """ModelConfig values set in a config file or on the command line (not defaults or preset values)."""
+    fields = {f.name for f in dataclasses.fields(model_cfg)}
+    return {key: getattr(model_cfg, key) for key, source in sources.items()
+            if key in fields and not str(source).startswith(("default", "preset"))}
+
+
 def fit_vocab(model_cfg, dataset_vocab, sources, pad):
     """The dataset decides the vocabulary unless vocab_size was set by hand; padding to a multiple
     of 64 makes the embedding and LM-head matmuls tensor-core friendly (50257 -> 50304)."""
@@ -373,6 +445,20 @@ def fit_vocab(model_cfg, dataset_vocab, sources, pad):
         return model_cfg
     vocab = 64 * math.ceil(dataset_vocab / 64) if pad else dataset_vocab
     return dataclasses.replace(model_cfg, vocab_size=vocab)
+
+
+def evaluation_data(t, dataset):
+    """The tokenizer (for samples and HellaSwag) and the HellaSwag examples, as configured."""
+    if not (t.sample_interval or t.hellaswag_interval):
+        return None, []
+    tokenizer = tokenizer_from_meta(dataset.meta)
+    if not t.hellaswag_interval:
+        return tokenizer, []
+    if tokenizer.name != "gpt2":
+        raise ConfigError(f"hellaswag_interval={t.hellaswag_interval} needs a dataset in GPT-2 tokens, but "
+                          f"{t.dataset} uses the {tokenizer.name!r} tokenizer (HellaSwag's text has characters "
+                          "outside it). Set hellaswag_interval=0, or train on a GPT-2 tokenized dataset.")
+    return tokenizer, load_hellaswag(hellaswag_file(t.hellaswag_path, t.hellaswag_cache_dir), t.hellaswag_examples)
 
 
 def accumulation_for(t, block_size, world_size):

@@ -5,6 +5,7 @@ Every key here and in ModelConfig can be set in a config file or as --key=value.
 from dataclasses import asdict, dataclass
 
 from model_config import ConfigError, ModelConfig
+from hf_interop import check_init_from
 from optimizers import check_optimizer_options
 from pruning import check_pruning_options
 
@@ -19,6 +20,8 @@ FP8_RECIPES = ("tensorwise", "rowwise")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # where the weights start
+    init_from: str = "scratch"  # scratch | resume (= resume=latest) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | PATH of a Hugging Face folder
     # data
     dataset: str = "shakespeare_char"  # a folder under data_dir made by data/<dataset>/prepare.py
     data_dir: str = "data"
@@ -65,6 +68,17 @@ class TrainConfig:
     run_name: str | None = None  # None: <arch_preset>-<date>-<time>
     use_tensorboard: bool = True
     peak_tflops: float | None = None  # dense peak of one device for the dtype; None: look it up
+    histogram_interval: int = 1000  # TensorBoard weight and gradient histograms every N steps (0: never)
+    tensorboard_hparams: bool = True  # the run's configuration and final metrics in TensorBoard's hparams tab
+    sample_interval: int = 1000  # a generated text sample every N steps and at the end (0: never)
+    sample_prompt: str = "\n"
+    sample_max_new_tokens: int = 200
+    sample_temperature: float = 0.8  # 0 picks the most likely token
+    sample_top_k: int | None = 200
+    hellaswag_interval: int = 0  # HellaSwag every N steps and at the end (0: never); needs GPT-2 tokens
+    hellaswag_examples: int | None = None  # the first N of the 10042 validation examples; None: all
+    hellaswag_path: str | None = None  # a local hellaswag_val.jsonl; None: downloaded once into the cache
+    hellaswag_cache_dir: str = "~/.cache/gpt-workbench/hellaswag"
     # checkpoints (checkpoint_dir/<run_name>/; see checkpointing.py for the tiers)
     checkpoint_dir: str = "checkpoints"
     checkpoint_interval: int = 250  # latest.pt every N steps (0: only at the end and on shutdown)
@@ -101,7 +115,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ConfigError(f"{key}={value!r} is invalid: it must not be negative.")
-        for key in ("checkpoint_interval", "rolling_checkpoint_interval", "keep_checkpoints"):
+        for key in ("checkpoint_interval", "rolling_checkpoint_interval", "keep_checkpoints", "histogram_interval",
+                    "sample_interval", "hellaswag_interval"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: it must be 0 or more.")
         if self.on_checkpoint_error not in ON_CHECKPOINT_ERROR:
@@ -120,10 +135,21 @@ class TrainConfig:
                               f"Accepted values: {', '.join(DATA_LOADERS)}.")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not accepted. Accepted values: {', '.join(DTYPES)}.")
+        check_init_from(self.init_from)
+        if self.init_from == "resume" and self.resume is None:
+            object.__setattr__(self, "resume", "latest")  # nanoGPT's spelling of resume=latest
         check_optimizer_options(self)
         check_pruning_options(self)
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ConfigError(f"min_lr={self.min_lr!r} must lie between 0 and learning_rate={self.learning_rate!r}.")
+        for key in ("sample_max_new_tokens", "sample_top_k", "hellaswag_examples"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key}={value!r} is invalid: it must be a positive integer"
+                                  f"{'' if key == 'sample_max_new_tokens' else ', or None'}.")
+        if self.sample_temperature < 0:
+            raise ConfigError(f"sample_temperature={self.sample_temperature!r} is invalid: use 0 (most likely "
+                              "token) or a positive number.")
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip={self.grad_clip!r} is invalid: use a positive norm, or 0 to disable.")
 

@@ -15,12 +15,14 @@ class StepResult:
     grad_norm: torch.Tensor  # global gradient norm before clipping
 
 
-def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_clip, scaler=None, pruner=None):
+def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_clip, scaler=None, pruner=None,
+               inspect_gradients=None):
     """Runs accumulation_steps forward/backward passes on next_batch() and one optimizer update.
 
     Each micro-batch loss is divided by accumulation_steps so the summed gradients equal the
     gradient of the mean loss over the whole batch. Gradient synchronisation across ranks (DDP,
-    FSDP) is skipped on all but the last micro-step.
+    FSDP) is skipped on all but the last micro-step. inspect_gradients(), when given, is called
+    with the unscaled gradients before clipping (gradient histograms).
     """
     total_loss = torch.zeros((), device=next(model.parameters()).device)
     for micro_step in range(accumulation_steps):
@@ -34,6 +36,8 @@ def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_
         scaler.unscale_(optimizer)
     if pruner:  # movement scores from the full gradient, then pruned weights' gradients zeroed
         pruner.before_clip()
+    if inspect_gradients:
+        inspect_gradients()
     # clip_grad_norm_ with an infinite max measures without clipping (grad_clip=0 disables it)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm

@@ -51,6 +51,26 @@ class TrainingLogger:
         if self._tensorboard:
             self._tensorboard.add_text(tag, text, global_step=step)
 
+    def log_histograms(self, model, step: int):
+        """Weight and gradient histograms, TensorBoard only (too large for metrics.jsonl). Under
+        FSDP each parameter is sharded and these are rank 0's shards."""
+        if not self._tensorboard:
+            return
+        for name, param in model.named_parameters():
+            for kind, tensor in (("weights", param), ("gradients", param.grad)):
+                if tensor is not None:
+                    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+                    self._tensorboard.add_histogram(f"{kind}/{name}", local.detach().float().cpu(), global_step=step)
+
+    def log_hparams(self, hparams: dict, metrics: dict):
+        """One row of TensorBoard's hparams tab: the configuration and the final metrics."""
+        if not self._tensorboard:
+            return
+        hparams = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                   for key, value in hparams.items()}
+        metrics = {f"final/{key}": value for key, value in json_ready(metrics).items() if _is_number(value)}
+        self._tensorboard.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder
+
     def finish(self, summary: dict):
         if not self.enabled:
             return

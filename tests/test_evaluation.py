@@ -170,8 +170,6 @@ def test_generate_sample_is_seeded_and_leaves_the_training_state_alone():
     assert model.training
 
 
-@pytest.mark.xfail(strict=True, reason="needs model.generate(..., vocab_size=) and sample.generate_samples passing "
-                                       "tokenizer.vocab_size (issue 7 report); remove this mark once they do")
 def test_generate_sample_never_emits_the_padding_of_a_padded_vocabulary():
     tokenizer = CharTokenizer("ab")
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64))
