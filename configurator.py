@@ -162,7 +162,8 @@ def describe_changes(config, sources):
 
 # how this invocation runs, not what the run is: never taken from a checkpoint, so a run saved
 # under FSDP on 8 GPUs resumes under DDP, ZeRO-1 or one process as launched now
-MACHINE_KEYS = {"use_zero1", "use_fsdp", "fsdp_reshard_after_forward", "dist_timeout_minutes", "device", "compile"}
+MACHINE_KEYS = {"use_zero1", "use_fsdp", "fsdp_reshard_after_forward", "dist_timeout_minutes", "device", "compile",
+                "dry_run", "ignore_memory_check", "auto_batch_size"}
 
 
 def merge_resumed_config(config, sources, saved):

@@ -22,6 +22,7 @@ import torch
 import checkpointing
 import distributed
 import hardware
+import memory_estimate
 from configurator import describe_changes, load_config_or_exit, merge_resumed_config
 from data_loader import make_loader
 from evaluation import estimate_loss, evaluate_hellaswag, generate_sample, hellaswag_file, load_hellaswag, perplexity
@@ -126,6 +127,12 @@ def setup(config, sources):
         config = dataclasses.replace(config, model=fit_vocab(config.model, dataset.vocab_size, sources, t.pad_vocab))
     model_cfg = config.model
     check_enough_tokens(dataset, model_cfg.block_size)
+    # ---- memory: the estimate (--dry_run stops here); a run that would not fit is refused
+    config = memory_estimate.plan_memory(config, device, dtype, dist,
+                                         accumulation_for(t, model_cfg.block_size, dist.world_size), dataset.train_tokens)
+    if config.train.dry_run:
+        sys.exit(0)
+    t = config.train
     train_loader = make_loader(t.data_loader, dataset, "train", batch_size=t.batch_size,
                                block_size=model_cfg.block_size, seed=t.seed, rank=dist.rank,
                                world_size=dist.world_size, device=device)

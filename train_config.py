@@ -100,6 +100,11 @@ class TrainConfig:
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)
     fp8: bool = False  # torchao float8 training on GPUs of compute capability 8.9+; bf16 elsewhere
     fp8_recipe: str = "tensorwise"  # tensorwise | rowwise
+    # memory (memory_estimate.py)
+    dry_run: bool = False  # print model, FLOPs/token, per-GPU memory, RAM and checkpoint disk estimates, then exit
+    ignore_memory_check: bool = False  # start even when the estimate exceeds the free device memory
+    auto_batch_size: bool = False  # largest micro-batch that runs real steps here; accumulation keeps the global batch
+    memory_margin: float = 0.10  # headroom kept beyond the estimate, as a fraction of it
     # system
     seed: int = 1337
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
@@ -127,6 +132,9 @@ class TrainConfig:
             if getattr(self, key) not in accepted:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not accepted. Accepted values: "
                                   f"{', '.join(accepted)}.")
+        if not 0 <= self.memory_margin < 1:
+            raise ConfigError(f"memory_margin={self.memory_margin!r} is invalid: it is the headroom kept beyond the "
+                              f"memory estimate, a fraction at least 0 and below 1 (0.10 keeps 10%).")
         if self.use_zero1 and self.use_fsdp:
             raise ConfigError("use_zero1=True and use_fsdp=True were both set: FSDP already shards optimizer "
                               "state; choose one.")

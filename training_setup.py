@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import distributed
 import hardware
-from model_builder import build_model
+from memory_estimate import materialize
 from optimizers import build_optimizer
 from pruning import build_pruner
 
@@ -32,7 +32,7 @@ class StepParts:
 def build_step_parts(config, device, dtype, dist):
     t = config.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP does not broadcast them)
-    model = build_model(config.model).to(device)
+    model = materialize(config.model, device)  # built on the device: no full copy in system RAM
     if t.fp8:
         convert_to_float8(model, t.fp8_recipe, device)
     apply_activation_checkpointing(model, t.activation_checkpointing)

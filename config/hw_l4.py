@@ -5,7 +5,7 @@
 # The global batch is GPT-2's 0.5M tokens; train.py derives the accumulation from it and the GPU count.
 # Larger presets (check with --dry_run=True, or let --auto_batch_size=True search):
 #   350M: batch_size = 4      774M: batch_size = 2 with activation_checkpointing = "full"
-#   1.5B: about 28 GiB even at batch 1: use_fsdp = True over 4+ L4s (batch_size 2, "full": ~13 GiB each)
+#   1.5B: 28 GiB even at batch 1 with "full": use_fsdp = True over 4+ L4s (batch_size 2, "full": ~13 GiB each)
 batch_size = 8
 total_batch_size = 524288
 dtype = "bfloat16"

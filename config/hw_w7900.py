@@ -4,7 +4,7 @@
 # Sized for GPT-2 124M at block_size 1024: micro-batch 16 is estimated at 19 GiB. The headroom is
 # deliberate: where a ROCm build has no fused attention kernel for gfx1100 (older builds need
 # TORCH_ROCM_AOTRITON_ENABLE_EXPERIMENTAL=1), SDPA falls back to the math kernel, which stores
-# softmax(q k^T) for every layer: about 11 GiB more at this size (sdpa_kernel = "math" estimates it).
+# softmax(q k^T) for every layer: about 13.5 GiB more at this size (sdpa_kernel = "math" estimates it).
 # Larger presets: 350M: batch_size = 8 (19 GiB)   774M: batch_size = 4 (23 GiB)
 #   1.5B: batch_size = 2 with activation_checkpointing = "full" (29 GiB), or use_fsdp = True on several
 batch_size = 16
