@@ -75,7 +75,8 @@ def measure(config, device, dtype, args):
 
     def step():
         result = train_step(parts.step_model, parts.optimizer, next_batch, t.gradient_accumulation_steps,
-                            parts.autocast, t.grad_clip, parts.scaler, parts.pruner)
+                            parts.autocast, t.grad_clip, parts.scaler, parts.pruner,
+                            loss_chunk_rows=t.loss_chunk_rows)
         return result.loss.item()  # the loop's per-step loss check, a sync, as train.py does
 
     for _ in range(args.warmup):

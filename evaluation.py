@@ -36,7 +36,7 @@ HELLASWAG_ENDINGS = 4
 
 
 @torch.no_grad()
-def estimate_loss(model, loaders, eval_iters, autocast):
+def estimate_loss(model, loaders, eval_iters, autocast, loss_chunk_rows=0):
     """Mean loss over eval_iters batches of each loader ({split name: loader}), model in eval mode."""
     was_training = model.training
     model.eval()
@@ -46,7 +46,7 @@ def estimate_loss(model, loaders, eval_iters, autocast):
         for _ in range(eval_iters):
             x, y = loader.next_batch()
             with autocast:
-                _, loss = model(x, y)
+                loss = model(x, y, loss_chunk_rows=loss_chunk_rows)[1]
             total = total + loss.float()  # stays on the device: one sync per split, not per batch
         losses[split] = (total / eval_iters).item()
     model.train(was_training)

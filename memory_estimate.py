@@ -152,9 +152,15 @@ def final_activation_bytes(cfg, tokens, act_bytes, residual_bytes, on_cuda=True)
     return saved * tokens
 
 
-def logits_peak_bytes(cfg, tokens, act_bytes):
-    """At the start of backward: logits in the autocast dtype, log_softmax's fp32 output, the fp32
-    gradients into and out of log_softmax (the fp32 copy of the logits is freed after forward)."""
+def logits_peak_bytes(cfg, tokens, act_bytes, loss_chunk_rows=0):
+    """The plain loss, at the start of backward: logits in the autocast dtype, log_softmax's fp32
+    output, the fp32 gradients into and out of log_softmax (the fp32 copy of the logits is freed
+    after forward). The chunked loss: one chunk's fp32 logits and their 16-bit gradient, plus the
+    stored gradients of the LM head's input (16-bit) and weight (fp32)."""
+    if loss_chunk_rows:
+        rows = min(loss_chunk_rows, tokens)
+        return ((4 + act_bytes) * cfg.vocab_size * rows + act_bytes * cfg.n_embd * tokens
+                + 4 * cfg.vocab_size * cfg.n_embd)
     return (act_bytes + 4 + 4 + 4) * cfg.vocab_size * tokens
 
 
@@ -188,7 +194,7 @@ class MemoryEstimate:
 
 def estimate_memory(model_cfg, batch_size, accumulation_steps=1, dtype="bfloat16", world_size=1, strategy="ddp",
                     activation_checkpointing="none", optimizer="adamw", pruning_method="none", sdpa_kernel="auto",
-                    fsdp_reshard_after_forward=True, device="cuda", counts=None):
+                    fsdp_reshard_after_forward=True, device="cuda", counts=None, loss_chunk_rows=0):
     """Per-GPU memory of one training step (see the module docstring for what is counted)."""
     counts = counts or param_counts(meta_model(model_cfg))
     P, on_cuda = counts.total, device.startswith("cuda")
@@ -219,7 +225,7 @@ def estimate_memory(model_cfg, batch_size, accumulation_steps=1, dtype="bfloat16
     elif act < 4:
         forward_backward["16-bit weight copies (autocast)"] = act * counts.linear
     forward_backward.update(_activations(model_cfg, tokens, act, residual, activation_checkpointing, sdpa_kernel,
-                                         on_cuda))
+                                         on_cuda, loss_chunk_rows))
     end_of_backward = 4 * P // shard + 4 * counts.embedding_table  # all gradients, plus wte's dense one
     optimizer_step = {"gradients": 4 * P // shard}
     optimizer_step.update(_optimizer_temporaries(counts, optimizer, pruning_method, on_cuda, shard))
@@ -228,7 +234,7 @@ def estimate_memory(model_cfg, batch_size, accumulation_steps=1, dtype="bfloat16
                           CUDA_RUNTIME_OVERHEAD_BYTES if on_cuda else 0)
 
 
-def _activations(cfg, tokens, act, residual, checkpointing, sdpa_kernel, on_cuda):
+def _activations(cfg, tokens, act, residual, checkpointing, sdpa_kernel, on_cuda, loss_chunk_rows):
     per_block = block_activation_bytes(cfg, tokens, act, residual, sdpa_kernel, on_cuda)
     wrapped = {"none": 0, "full": cfg.n_layer, "selective": (cfg.n_layer + 1) // 2}[checkpointing]
     block_input = residual * cfg.n_embd * tokens
@@ -237,7 +243,7 @@ def _activations(cfg, tokens, act, residual, checkpointing, sdpa_kernel, on_cuda
         # a checkpointed block keeps its input and recomputes the rest during its own backward
         items[f"checkpointed block inputs ({wrapped})"] = wrapped * block_input
     items["tokens, final norm, LM head input"] = final_activation_bytes(cfg, tokens, act, residual, on_cuda)
-    items["logits and loss"] = logits_peak_bytes(cfg, tokens, act)
+    items["logits and loss"] = logits_peak_bytes(cfg, tokens, act, loss_chunk_rows)
     if wrapped:
         # the loss peak (logits) and a recomputed block never coexist; keep the larger
         items["logits and loss"] = max(items["logits and loss"], per_block + 2 * block_input)
@@ -280,7 +286,7 @@ def estimate_for_config(config, world_size, accumulation_steps, dtype, device="c
     return estimate_memory(
         config.model, batch_size or t.batch_size, accumulation_steps, _assumed_dtype(dtype), world_size,
         strategy_of(t), activation_checkpointing or t.activation_checkpointing, t.optimizer, pruning_method_for(t),
-        t.sdpa_kernel, t.fsdp_reshard_after_forward, device, counts)
+        t.sdpa_kernel, t.fsdp_reshard_after_forward, device, counts, t.loss_chunk_rows)
 
 
 def _assumed_dtype(dtype):

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from linear_cross_entropy import linear_cross_entropy
 from model_components import ATTENTION_BACKENDS, FFN_TYPES, NORMALIZATIONS, POSITION_ENCODINGS
 from model_config import ModelConfig
 
@@ -104,7 +105,9 @@ class GPT(nn.Module):
             if isinstance(projection, nn.Linear):
                 nn.init.normal_(projection.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
-    def forward(self, idx, targets=None, kv_caches=None, start_pos=0):
+    def forward(self, idx, targets=None, kv_caches=None, start_pos=0, loss_chunk_rows=0):
+        """(logits, loss). With targets and loss_chunk_rows > 0 the loss is computed chunk by chunk
+        without the whole batch's logits (see linear_cross_entropy.py), and logits is None."""
         T = idx.shape[1]
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.config.block_size}")
@@ -116,7 +119,10 @@ class GPT(nn.Module):
         x = self.embed_dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, self.position, positions, kv_caches[i] if kv_caches is not None else None)
-        logits = self.lm_head(self.final_norm(x))
+        x = self.final_norm(x)
+        if targets is not None and loss_chunk_rows:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, chunk_rows=loss_chunk_rows)
+        logits = self.lm_head(x)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -182,7 +182,8 @@ def train(run):
             lr = lr_at(progress.step, t)
             set_lr(run.optimizer, lr)
             result = train_step(run.step_model, run.optimizer, run.train_loader.next_batch, run.accumulation_steps,
-                                run.autocast, t.grad_clip, run.scaler, run.pruner, histograms_due(run))
+                                run.autocast, t.grad_clip, run.scaler, run.pruner, histograms_due(run),
+                                t.loss_chunk_rows)
             # one small all-reduce and one sync a step: the mean loss over ranks, checked every step
             # (a NaN on any rank stops every rank), and whether any rank was asked to stop
             loss, stop_requested = step_consensus(run, result.loss, shutdown.requested)
@@ -241,7 +242,8 @@ def announce(run, text):
 
 def evaluate(run):
     progress = run.progress
-    losses = estimate_loss(run.step_model, eval_loaders(run), run.config.train.eval_iters, run.autocast)
+    t = run.config.train
+    losses = estimate_loss(run.step_model, eval_loaders(run), t.eval_iters, run.autocast, t.loss_chunk_rows)
     train_loss, val_loss = distributed.mean_across_ranks(torch.tensor([losses["train"], losses["val"]],
                                                                       device=run.device), run.dist).tolist()
     run.logger.log({"kind": "eval", "step": progress.step, "tokens": progress.tokens, "train_loss": train_loss,

@@ -95,6 +95,7 @@ class TrainConfig:
     fsdp_reshard_after_forward: bool = True  # free gathered parameters after forward (less memory, more traffic)
     dist_timeout_minutes: float = 10.0  # a collective waiting longer (a peer died) fails instead of hanging
     # speed (see BENCHMARKS.md for what each is worth)
+    loss_chunk_rows: int = 4096  # the loss in chunks of this many tokens, never the whole batch's logits (0: plain)
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     sdpa_kernel: str = "auto"  # auto | flash | cudnn | efficient | math: the fused attention kernel SDPA may use
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)

@@ -38,6 +38,9 @@ def test_hardware_config_fits_gpt2_124m_with_margin(monkeypatch, hw):
     estimate = me.estimate_for_config(config, 1, accumulation, t.dtype, "cuda")
     free = GPU_MEMORY_GIB[hw] * me.GIB
     assert me.fits(estimate, free, margin=0.10)
-    # and not wastefully small: four times the micro-batch would not fit
-    bigger = me.estimate_for_config(config, 1, max(1, accumulation // 4), t.dtype, "cuda", batch_size=4 * t.batch_size)
-    assert not me.fits(bigger, free, margin=0.10)
+    # and not wastefully small: four times the micro-batch would not fit, unless the micro-batch
+    # already makes the whole global batch on 8 GPUs, or the GPU's memory is shared with the system
+    if t.batch_size * config.model.block_size * 8 < t.total_batch_size and hw != "hw_gb10.py":
+        bigger = me.estimate_for_config(config, 1, max(1, accumulation // 4), t.dtype, "cuda",
+                                        batch_size=4 * t.batch_size)
+        assert not me.fits(bigger, free, margin=0.10)

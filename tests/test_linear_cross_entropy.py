@@ -1,0 +1,70 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from linear_cross_entropy import linear_cross_entropy
+from model_builder import build_model
+from model_config import ModelConfig
+
+
+def _inputs(rows=37, d=16, vocab=50, ignored=5, dtype=torch.float64):
+    torch.manual_seed(0)
+    hidden = torch.randn(rows, d, dtype=dtype, requires_grad=True)
+    weight = torch.randn(vocab, d, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,))
+    targets[:ignored] = -1
+    return hidden, weight, targets
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 8, 37, 1000])
+def test_loss_and_gradients_equal_plain_cross_entropy(chunk_rows):
+    hidden, weight, targets = _inputs()
+    expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=-1)
+    expected.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_rows=chunk_rows)
+    loss.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(hidden.grad, grads[0])
+    torch.testing.assert_close(weight.grad, grads[1])
+
+
+def test_scaled_upstream_gradient_and_no_grad_mode():
+    hidden, weight, targets = _inputs()
+    (3 * linear_cross_entropy(hidden, weight, targets, chunk_rows=10)).backward()
+    scaled = hidden.grad.clone()
+    hidden.grad = None
+    linear_cross_entropy(hidden, weight, targets, chunk_rows=10).backward()
+    torch.testing.assert_close(scaled, 3 * hidden.grad)
+    with torch.no_grad():
+        assert linear_cross_entropy(hidden, weight, targets, chunk_rows=10).requires_grad is False
+
+
+def test_bfloat16_autocast_matches_within_bf16_tolerance():
+    hidden, weight, targets = _inputs(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(hidden, weight, targets, chunk_rows=8)
+    loss.backward()
+    assert weight.grad.dtype == torch.float32
+    expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=-1)
+    assert loss.item() == pytest.approx(expected.item(), rel=2e-2)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_model_chunked_loss_matches_plain_loss_and_gradients(preset):
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(preset, n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+    model = build_model(cfg).double()
+    idx = torch.randint(0, 64, (3, 16))
+    logits, plain = model(idx, idx)
+    plain.backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits_none, chunked = model(idx, idx, loss_chunk_rows=7)
+    chunked.backward()
+    assert logits_none is None and logits.shape == (3, 16, 64)
+    # the plain loss runs its softmax in float32, so compare at float32 precision
+    torch.testing.assert_close(chunked, plain.double(), rtol=1e-6, atol=1e-6)
+    for p, g in zip(model.parameters(), plain_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
