@@ -151,7 +151,7 @@ def setup(config, sources):
     name = hardware.device_name(device)
     peak = t.peak_tflops or getattr(hardware.peak_tflops(name, dtype), "tflops", None)
     logger = TrainingLogger(Path(t.out_dir) / run_name, run_record(config, model, flops, name, peak, dtype, dist),
-                            use_tensorboard=t.use_tensorboard, enabled=dist.is_main)
+                            backends=t.logger_backends, enabled=dist.is_main, project=t.logger_project)
     if dist.is_main:
         print_startup(config, sources, model, flops, name, dtype, peak, accumulation_steps, train_loader, dist,
                       parts.strategy, parts.pruner)
@@ -214,7 +214,7 @@ def train(run):
     summary = {"steps": progress.step, "tokens": progress.tokens, "epoch": progress.epoch,
                "best_val_loss": progress.best_val_loss, "best_step": progress.best_step,
                "train_seconds": progress.train_seconds, **final, **sparsity(run)}
-    if t.tensorboard_hparams:
+    if t.log_hparams:
         run.logger.log_hparams({**run.config.model.to_dict(), **dataclasses.asdict(t)}, summary)
     run.logger.finish(summary)
     announce(run, f"done: best val loss {progress.best_val_loss:.4f} at step {progress.best_step}; checkpoints in {run.checkpoints.folder}")
@@ -298,7 +298,7 @@ def log_sample(run):
 def histograms_due(run):
     """The gradient hook that logs histograms when histogram_interval comes round, else None."""
     t, step = run.config.train, run.progress.step + 1  # the step this update completes
-    if not (t.use_tensorboard and t.histogram_interval and step % t.histogram_interval == 0):
+    if not (run.logger.wants_histograms and t.histogram_interval and step % t.histogram_interval == 0):
         return None
     return lambda: run.logger.log_histograms(run.model, step)
 

@@ -2,12 +2,14 @@
 
 Every key here and in ModelConfig can be set in a config file or as --key=value.
 """
-from dataclasses import asdict, dataclass
+import difflib
+from dataclasses import asdict, dataclass, field
 
 from model_config import ConfigError, ModelConfig
 from hf_interop import check_init_from
 from optimizers import check_optimizer_options
 from pruning import check_pruning_options
+from training_logger import LOGGER_BACKENDS, missing_backend_packages
 
 DATA_LOADERS = ("random", "sequential")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -66,10 +68,13 @@ class TrainConfig:
     log_interval: int = 10
     out_dir: str = "runs"
     run_name: str | None = None  # None: <arch_preset>-<date>-<time>
-    use_tensorboard: bool = True
+    # metrics.jsonl always; plus any of tensorboard, wandb, trackio ([] for none). e.g.
+    # --logger_backends='["tensorboard","wandb"]'; wandb and trackio need their package installed
+    logger_backends: list[str] = field(default_factory=lambda: ["tensorboard"])
+    logger_project: str = "gpt-workbench"  # the wandb / trackio project the runs are grouped under
     peak_tflops: float | None = None  # dense peak of one device for the dtype; None: look it up
-    histogram_interval: int = 1000  # TensorBoard weight and gradient histograms every N steps (0: never)
-    tensorboard_hparams: bool = True  # the run's configuration and final metrics in TensorBoard's hparams tab
+    histogram_interval: int = 1000  # weight and gradient histograms (tensorboard, wandb) every N steps (0: never)
+    log_hparams: bool = True  # the configuration beside the final metrics (TensorBoard hparams tab, wandb/trackio summary)
     sample_interval: int = 1000  # a generated text sample every N steps and at the end (0: never)
     sample_prompt: str = "\n"
     sample_max_new_tokens: int = 200
@@ -144,6 +149,7 @@ class TrainConfig:
                               f"Accepted values: {', '.join(DATA_LOADERS)}.")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not accepted. Accepted values: {', '.join(DTYPES)}.")
+        check_logger_backends(self.logger_backends)
         check_init_from(self.init_from)
         if self.init_from == "resume" and self.resume is None:
             object.__setattr__(self, "resume", "latest")  # nanoGPT's spelling of resume=latest
@@ -161,6 +167,20 @@ class TrainConfig:
                               "token) or a positive number.")
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip={self.grad_clip!r} is invalid: use a positive norm, or 0 to disable.")
+
+
+def check_logger_backends(backends):
+    for name in backends:
+        if name not in LOGGER_BACKENDS:
+            close = difflib.get_close_matches(str(name), LOGGER_BACKENDS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"logger_backends={backends!r} names {name!r}, which is not a logger. Accepted: "
+                              f"{', '.join(LOGGER_BACKENDS)} (metrics.jsonl is always written).{hint}")
+    missing = missing_backend_packages(backends)
+    if missing:
+        raise ConfigError(f"logger_backends={backends!r} needs {' and '.join(missing)}, which is not installed: "
+                          f"pip install {' '.join(missing)}, or leave it out of logger_backends (these loggers "
+                          f"are optional; metrics.jsonl and TensorBoard need nothing extra).")
 
 
 @dataclass(frozen=True)

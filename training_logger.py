@@ -5,32 +5,47 @@
                     written so a crash loses nothing; a resumed run appends to it
     summary.json    written when the run finishes
     events.out.*    TensorBoard: every numeric field of an event as <kind>/<field>
+    wandb/          Weights & Biases' local files, when "wandb" is among the backends
 
-Only standard JSON is written: tensors and numpy numbers become Python numbers, NaN and
-infinities become null.
+metrics.jsonl is always written; logger_backends adds tensorboard, wandb and trackio, each of
+which gets the same scalars (<kind>/<field>) and text samples. Only standard JSON is written:
+tensors and numpy numbers become Python numbers, NaN and infinities become null.
 """
+import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
+
+LOGGER_BACKENDS = ("tensorboard", "wandb", "trackio")
+_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def missing_backend_packages(backends) -> list[str]:
+    """The packages of the chosen backends that are not installed (tensorboard only warns: it is
+    the default, and a run without it still has metrics.jsonl)."""
+    return [_PACKAGES[name] for name in backends
+            if name != "tensorboard" and importlib.util.find_spec(_PACKAGES[name]) is None]
 
 
 class TrainingLogger:
     """Logs one run. With enabled=False (ranks other than 0) it creates nothing and does nothing."""
 
-    def __init__(self, run_dir, run_config: dict, use_tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, run_dir, run_config: dict, backends=("tensorboard",), enabled: bool = True,
+                 project: str = "gpt-workbench"):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._metrics = None
-        self._tensorboard = None
+        self._backends = []
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.run_dir / "config.json", run_config)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        if use_tensorboard:
-            self._tensorboard = _open_tensorboard(self.run_dir)
+        opened = (_BACKEND_CLASSES[name].open(self.run_dir, run_config, project) for name in backends)
+        self._backends = [backend for backend in opened if backend is not None]
 
     def log(self, event: dict):
         if not self.enabled:
@@ -41,35 +56,44 @@ class TrainingLogger:
         event = json_ready(event)
         self._metrics.write(json.dumps(event, allow_nan=False, default=str) + "\n")
         self._metrics.flush()
-        if self._tensorboard:
-            for key, value in event.items():
-                if key != "step" and _is_number(value):
-                    self._tensorboard.add_scalar(f"{event['kind']}/{key}", value, global_step=event["step"])
+        scalars = {f"{event['kind']}/{key}": value for key, value in event.items()
+                   if key != "step" and _is_number(value)}
+        if scalars:
+            for backend in self._backends:
+                backend.scalars(scalars, event["step"])
 
     def log_text(self, tag: str, text: str, step: int):
         self.log({"kind": "text", "step": step, "tag": tag, "text": text})
-        if self._tensorboard:
-            self._tensorboard.add_text(tag, text, global_step=step)
+        for backend in self._backends:
+            backend.text(tag, text, step)
+
+    @property
+    def wants_histograms(self):
+        return any(backend.takes_histograms for backend in self._backends)
 
     def log_histograms(self, model, step: int):
-        """Weight and gradient histograms, TensorBoard only (too large for metrics.jsonl). Under
-        FSDP each parameter is sharded and these are rank 0's shards."""
-        if not self._tensorboard:
+        """Weight and gradient histograms, for the backends that draw them (too large for
+        metrics.jsonl). Under FSDP each parameter is sharded and these are rank 0's shards."""
+        takers = [backend for backend in self._backends if backend.takes_histograms]
+        if not takers:
             return
+        tensors = {}
         for name, param in model.named_parameters():
             for kind, tensor in (("weights", param), ("gradients", param.grad)):
                 if tensor is not None:
                     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-                    self._tensorboard.add_histogram(f"{kind}/{name}", local.detach().float().cpu(), global_step=step)
+                    tensors[f"{kind}/{name}"] = local.detach().float().cpu()
+        for backend in takers:
+            backend.histograms(tensors, step)
 
     def log_hparams(self, hparams: dict, metrics: dict):
-        """One row of TensorBoard's hparams tab: the configuration and the final metrics."""
-        if not self._tensorboard:
-            return
+        """The configuration and the final metrics, side by side (TensorBoard's hparams tab, the
+        run summary of wandb and trackio)."""
         hparams = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
                    for key, value in hparams.items()}
         metrics = {f"final/{key}": value for key, value in json_ready(metrics).items() if _is_number(value)}
-        self._tensorboard.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder
+        for backend in self._backends:
+            backend.hparams(hparams, metrics)
 
     def finish(self, summary: dict):
         if not self.enabled:
@@ -81,9 +105,9 @@ class TrainingLogger:
         if self._metrics:
             self._metrics.close()
             self._metrics = None
-        if self._tensorboard:
-            self._tensorboard.close()
-            self._tensorboard = None
+        for backend in self._backends:
+            backend.close()
+        self._backends = []
 
     def __enter__(self):
         return self
@@ -92,14 +116,112 @@ class TrainingLogger:
         self.close()  # a run that raised gets no summary.json: its metrics end where it stopped
 
 
-def _open_tensorboard(run_dir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("WARNING: tensorboard is not installed, so this run logs to metrics.jsonl only "
-              "(pip install tensorboard, or set use_tensorboard=False to silence this).")
-        return None
-    return SummaryWriter(log_dir=str(run_dir))
+# ---------------------------------------------------------------- backends
+# Each takes scalars {"<kind>/<field>": number}, text samples, optionally histograms, and the
+# final hparams; their packages are imported only when chosen.
+
+class TensorBoardBackend:
+    takes_histograms = True
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    @classmethod
+    def open(cls, run_dir, run_config, project):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("WARNING: tensorboard is not installed, so this run logs to metrics.jsonl only "
+                  "(pip install tensorboard, or leave tensorboard out of logger_backends to silence this).")
+            return None
+        return cls(SummaryWriter(log_dir=str(run_dir)))
+
+    def scalars(self, values, step):
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, global_step=step)
+
+    def text(self, tag, text, step):
+        self.writer.add_text(tag, text, global_step=step)
+
+    def histograms(self, tensors, step):
+        for tag, tensor in tensors.items():
+            self.writer.add_histogram(tag, tensor, global_step=step)
+
+    def hparams(self, hparams, metrics):
+        self.writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbBackend:
+    """Weights & Biases. The run id is the run folder's name, so a resumed run continues the same
+    wandb run; its local files go into the run folder (WANDB_MODE=offline works: wandb sync later)."""
+    takes_histograms = True
+
+    def __init__(self, wandb, run):
+        self.wandb, self.run = wandb, run
+
+    @classmethod
+    def open(cls, run_dir, run_config, project):
+        import wandb
+        run = wandb.init(project=project, name=run_dir.name, id=wandb_run_id(run_dir.name), dir=str(run_dir),
+                         config=run_config, resume="allow")
+        return cls(wandb, run)
+
+    def scalars(self, values, step):
+        self.run.log(values, step=step)
+
+    def text(self, tag, text, step):
+        self.run.log({tag: self.wandb.Html(f"<pre>{_escape_html(text)}</pre>")}, step=step)
+
+    def histograms(self, tensors, step):
+        self.run.log({tag: self.wandb.Histogram(tensor.flatten().numpy()) for tag, tensor in tensors.items()}, step=step)
+
+    def hparams(self, hparams, metrics):
+        self.run.summary.update(metrics)
+
+    def close(self):
+        self.run.finish()
+
+
+class TrackioBackend:
+    """Hugging Face trackio (local SQLite under TRACKIO_DIR, or a Space). Text goes to
+    metrics.jsonl and the other backends: trackio keeps numbers."""
+    takes_histograms = False
+
+    def __init__(self, trackio):
+        self.trackio = trackio
+
+    @classmethod
+    def open(cls, run_dir, run_config, project):
+        import trackio
+        trackio.init(project=project, name=run_dir.name, config=run_config, resume="allow")
+        return cls(trackio)
+
+    def scalars(self, values, step):
+        self.trackio.log(values, step=step)
+
+    def text(self, tag, text, step):
+        pass
+
+    def hparams(self, hparams, metrics):
+        self.trackio.log(metrics)
+
+    def close(self):
+        self.trackio.finish()
+
+
+_BACKEND_CLASSES = {"tensorboard": TensorBoardBackend, "wandb": WandbBackend, "trackio": TrackioBackend}
+
+
+def wandb_run_id(run_name):
+    """wandb ids allow letters, digits, '-' and '_' (at most 64)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", run_name)[:64]
+
+
+def _escape_html(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _is_number(value):

@@ -161,7 +161,7 @@ def char_data(tmp_path_factory):
 def test_a_2x2_grid_of_tiny_real_runs_end_to_end(tmp_path, char_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--max_iters=5",
-            "--eval_interval=5", "--eval_iters=2", "--device=cpu", "--compile=False", "--use_tensorboard=False",
+            "--eval_interval=5", "--eval_iters=2", "--device=cpu", "--compile=False", "--logger_backends=[]",
             f"--data_dir={char_data}", "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'runs'}",
             f"--checkpoint_dir={tmp_path / 'checkpoints'}"]
     ablate.main([str(REPO_ROOT / "config" / "arch_gpt2.py"), "--grid", *GRID, *tiny,

@@ -112,3 +112,19 @@ def test_describe_changes_names_each_source(tmp_path):
 def test_shipped_arch_configs_load(name):
     config, _ = load_config([str(REPO_ROOT / "config" / f"{name}.py"), "--n_layer=2"])
     assert config.model.n_layer == 2
+
+
+def test_logger_backends_from_the_command_line():
+    config, _ = load_config(['--logger_backends=["tensorboard"]'])
+    assert config.train.logger_backends == ["tensorboard"]
+    assert load_config(["--logger_backends=[]"])[0].train.logger_backends == []
+    with pytest.raises(ConfigError, match=r"'wandbb', which is not a logger.*Did you mean 'wandb'"):
+        load_config(['--logger_backends=["tensorboard","wandbb"]'])
+
+
+def test_a_logger_whose_package_is_missing_is_named(monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real_find_spec(name))
+    with pytest.raises(ConfigError, match="needs wandb, which is not installed: pip install wandb"):
+        load_config(['--logger_backends=["wandb"]'])

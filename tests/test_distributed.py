@@ -17,7 +17,7 @@ from data.shakespeare_char.prepare import prepare
 
 STRATEGIES = {"ddp": [], "zero1": ["--use_zero1=True"], "fsdp": ["--use_fsdp=True"]}
 COMMON = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--device=cpu", "--compile=False",
-          "--use_tensorboard=False", "--eval_iters=2", "--eval_interval=1000", "--log_interval=1", "--warmup_iters=1",
+          "--logger_backends=[]", "--eval_iters=2", "--eval_interval=1000", "--log_interval=1", "--warmup_iters=1",
           "--lr_decay_iters=10", "--data_loader=sequential", "--dropout=0.0", "--dtype=float32",
           "--dataset=shakespeare_char"]
 

@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, SHAKESPEARE_TXT
 from data.shakespeare_char.prepare import prepare
 
 TINY_RUN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--device=cpu",
-            "--compile=False", "--use_tensorboard=False", "--eval_iters=4", "--log_interval=1", "--warmup_iters=2"]
+            "--compile=False", "--logger_backends=[]", "--eval_iters=4", "--log_interval=1", "--warmup_iters=2"]
 
 
 @pytest.fixture(scope="module")
