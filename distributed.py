@@ -52,6 +52,26 @@ def shutdown():
         dist.destroy_process_group()
 
 
+# what a collective raises when another rank died or stopped answering: gloo reports the broken
+# connection, NCCL a DistBackendError (after dist_timeout_minutes, through its watchdog)
+_PEER_FAILURE_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "timed out",
+                       "Timed out", "NCCL")
+
+
+def is_peer_failure(error):
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return False
+    return isinstance(error, getattr(dist, "DistError", ())) or any(sign in str(error) for sign in _PEER_FAILURE_SIGNS)
+
+
+def peer_failure_message(error):
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"rank {dist.get_rank()} lost contact with the other ranks ({type(error).__name__}: {first_line[:300]}). "
+            f"Another rank most likely failed first: torchrun's 'Root Cause' section names it, and its own "
+            f"error is above. Checkpoints written so far are complete (writes are atomic); resume with "
+            f"--resume=latest, on this or another number of GPUs.")
+
+
 def strategy_of(train_cfg):
     if train_cfg.use_fsdp:
         return "fsdp"

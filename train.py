@@ -92,6 +92,11 @@ def main(argv):
     except (NonFiniteLossError, checkpointing.CheckpointError) as error:
         print(f"Stopped: {error}", file=sys.stderr)
         sys.exit(1)
+    except RuntimeError as error:
+        if not distributed.is_peer_failure(error):
+            raise
+        print(f"Stopped: {distributed.peer_failure_message(error)}", file=sys.stderr)
+        sys.exit(1)
     finally:
         distributed.shutdown()
 

@@ -6,6 +6,7 @@ process x 8 sequences. They match to float rounding, not bit for bit: the gradie
 in a different order (per-rank sums, then an all-reduce).
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,13 +32,17 @@ def workspace(tmp_path_factory):
     return root
 
 
-def launch(root, run_name, args, nproc):
+def launch(root, run_name, args, nproc, fault=None):
+    """Runs train.py (under torchrun when nproc > 1); fault={"FAULT": ..., "FAULT_RANK": ...,
+    "FAULT_STEP": ...} runs it through faulty_train.py, and then the run must fail."""
     paths = [f"--data_dir={root / 'data'}", f"--out_dir={root / 'runs'}", f"--checkpoint_dir={root / 'checkpoints'}"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 \
         else [sys.executable]
-    result = subprocess.run([*launcher, str(REPO_ROOT / "train.py"), *COMMON, *paths, f"--run_name={run_name}", *args],
-                            capture_output=True, text=True, cwd=root, timeout=300)
-    assert result.returncode == 0, f"{run_name} failed:\n{result.stdout[-3000:]}\n{result.stderr[:5000]}"
+    script = REPO_ROOT / ("tests/faulty_train.py" if fault else "train.py")
+    result = subprocess.run([*launcher, str(script), *COMMON, *paths, f"--run_name={run_name}", *args],
+                            capture_output=True, text=True, cwd=root, timeout=300, env={**os.environ, **(fault or {})})
+    failed_as_planned = bool(fault) == (result.returncode != 0)
+    assert failed_as_planned, f"{run_name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
 
@@ -74,3 +79,27 @@ def test_checkpoints_resume_under_every_strategy(trained, saved_under, resumed_u
     resumed = losses(trained, run_name)
     assert list(resumed) == [5]
     assert resumed[5] == pytest.approx(losses(trained, "single")[5], abs=1e-4)
+
+
+def test_a_crashed_rank_stops_every_rank_and_the_run_resumes_on_two_or_one(trained):
+    # rank 1 dies in step 3 without a word; rank 0 must stop (not hang) and say what happened
+    result = launch(trained, "crash", ["--batch_size=4", "--max_iters=6", "--rolling_checkpoint_interval=1"], nproc=2,
+                    fault={"FAULT": "crash", "FAULT_RANK": "1", "FAULT_STEP": "3"})
+    assert "Stopped: rank 0 lost contact with the other ranks" in result.stderr
+    assert "exitcode  : 3" in result.stderr  # torchrun's root cause: rank 1's own exit
+    single = losses(trained, "single")
+    for nproc, batch in ((2, 4), (1, 8)):
+        run_name = f"crash-resumed-on-{nproc}"
+        shutil.copytree(trained / "checkpoints" / "crash", trained / "checkpoints" / run_name)
+        launch(trained, run_name, ["--resume=latest", "--max_iters=5", f"--batch_size={batch}"], nproc=nproc)
+        resumed = losses(trained, run_name)
+        assert list(resumed) == [3, 4, 5]  # latest.pt held step 2, the last step both ranks finished
+        for step, loss in resumed.items():
+            assert loss == pytest.approx(single[step], abs=1e-4), (nproc, step)
+
+
+def test_a_nan_on_one_rank_stops_every_rank_with_the_reason(trained):
+    result = launch(trained, "nan", ["--batch_size=4", "--max_iters=6"], nproc=2,
+                    fault={"FAULT": "nan", "FAULT_RANK": "1", "FAULT_STEP": "2"})
+    assert result.stderr.count("Stopped: the training loss became nan at step 1") == 2  # both ranks, same words
+    assert "lost contact" not in result.stderr
