@@ -315,7 +315,7 @@ def _lm_head_tensors(cfg):
 _GPT2_RULES = (
     ("norm_position", lambda c: c.norm_position == "pre", "GPT2LMHeadModel normalises before each sub-block"),
     ("normalization", lambda c: c.normalization == "layernorm", "GPT2LMHeadModel uses LayerNorm with a bias"),
-    ("ffn_type", lambda c: c.ffn_type == "standard", "GPT-2's MLP is not gated"),
+    ("ffn_type", lambda c: c.ffn_type == "standard", "GPT-2's MLP is the standard one (not gated or split)"),
     ("bias", lambda c: c.bias, "GPT2LMHeadModel has a bias in every linear layer"),
     ("qk_norm", lambda c: not c.qk_norm, "GPT-2 has no QK-norm"),
     ("n_kv_head", lambda c: c.n_kv_head == c.n_head, "GPT-2 has no grouped-query attention (n_kv_head must equal n_head)"),
@@ -327,6 +327,11 @@ _LLAMA_RULES = (
     ("qk_norm", lambda c: not c.qk_norm, "Llama has no QK-norm"),
 )
 _ACTIVATION_RULE = ("activation", lambda c: c.activation in HF_ACTIVATIONS, "it has no Hugging Face equivalent")
+# the research components of model_components.py have no Hugging Face GPT-2 or Llama equivalent
+_RESEARCH_RULES = (
+    ("attention_type", lambda c: c.attention_type == "mha", "GPT-2 and Llama have only multi-head attention (mha)"),
+    ("kv_pruning", lambda c: c.kv_pruning == "none", "Hugging Face generation keeps every key and value"),
+)
 
 
 def export_problems(cfg):
@@ -335,7 +340,7 @@ def export_problems(cfg):
     if family is None:
         return [f"position_encoding={cfg.position_encoding!r}: GPT-2 (learned_absolute) and Llama (rope) "
                 f"both need position information"]
-    rules = (_GPT2_RULES if family == "gpt2" else _LLAMA_RULES) + (_ACTIVATION_RULE,)
+    rules = (_GPT2_RULES if family == "gpt2" else _LLAMA_RULES) + (_ACTIVATION_RULE,) + _RESEARCH_RULES
     return [f"{key}={getattr(cfg, key)!r}: {reason}" for key, fits, reason in rules if not fits(cfg)]
 
 

@@ -9,6 +9,8 @@
     python memory_estimate.py [--compile] [--sizes 124M,350M] [--batches 8,16]
         on a GPU: builds GPT-2 models, runs 3 real steps each and prints estimate vs
         torch.cuda.max_memory_allocated
+    python memory_estimate.py --kv_cache [--presets gpt2,llama]
+        anywhere: the generation KV cache per token of mha, mla, reciprocal and kv pruning
 
 The estimate counts what eager PyTorch keeps alive at the step's peak, from the code of
 model_builder.py, train_step.py, optimizers.py, pruning.py and distributed.py:
@@ -33,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from model_builder import build_model
+from model_components import ATTENTION_TYPES
 
 GIB, MIB = 2**30, 2**20
 # CUDA context, kernels of PyTorch/cuBLAS/cuDNN/NCCL and their workspaces: memory the GPU loses
@@ -104,23 +107,16 @@ def block_activation_bytes(cfg, tokens, act_bytes, residual_bytes, sdpa_kernel="
     on_cuda: CUDA's fused RMSNorm saves its input and rstd; elsewhere F.rms_norm is composed of
     elementwise ops and also saves x * rstd. Dropout masks are bytes on CUDA, the dtype elsewhere,
     where attention with dropout also falls back to the math kernel."""
-    d, hd, h, kv = cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_kv_head
-    q_dim, kv_dim, f = h * hd, kv * hd, cfg.ffn_hidden_size
+    d, h = cfg.n_embd, cfg.n_head
     rms_product = cfg.normalization == "rmsnorm" and not on_cuda
     stats = 2 if cfg.normalization.startswith("layernorm") else 1  # mean and rstd, or rstd, fp32
     saved = 2 * residual_bytes * d + 2 * act_bytes * d + 2 * 4 * stats  # norm inputs, outputs, stats
     if rms_product:
         saved += 2 * residual_bytes * d
-    rope, gqa = cfg.position_encoding == "rope", kv != h
-    # q, k and v are views of the fused projection, whose storage lives while any view is saved
-    if cfg.qk_norm or not (rope and gqa):
-        saved += act_bytes * (q_dim + 2 * kv_dim)
-    if cfg.qk_norm:
-        saved += 4 * (h + kv) + (act_bytes * (q_dim + kv_dim) if rms_product else 0)
-    if rope:
-        saved += act_bytes * (q_dim + kv_dim)  # the rotated q and k
-    if gqa:
-        saved += 2 * act_bytes * q_dim  # k and v repeated to every query head
+    if cfg.attention_type == "mla":
+        saved += _mla_bytes(cfg, act_bytes, stats, rms_product)
+    else:
+        saved += _qkv_attention_bytes(cfg, act_bytes, rms_product)
     saved += act_bytes * d + 4 * h  # attention output and log-sum-exp
     math_kernel = sdpa_kernel not in FUSED_ATTENTION or (cfg.dropout > 0 and not on_cuda)
     if cfg.attention_backend == "manual" or math_kernel:
@@ -129,15 +125,78 @@ def block_activation_bytes(cfg, tokens, act_bytes, residual_bytes, sdpa_kernel="
         if cfg.dropout > 0:
             per_score += (1 if on_cuda else act_bytes) + act_bytes
         saved += per_score * h * cfg.block_size
-    # relu backward reads its output, which the next matmul saves anyway; the others read their input
-    input_saved = cfg.activation != "relu"
-    if cfg.ffn_type == "swiglu":
-        saved += act_bytes * f * (3 + input_saved)  # gate, activation(gate), up, their product
-    else:
-        saved += act_bytes * f * (1 + input_saved)  # up, activation(up)
+    saved += _ffn_bytes(cfg, act_bytes)
     if cfg.dropout > 0:
         saved += 2 * (1 if on_cuda else act_bytes) * d  # masks after attention and after the FFN
     return saved * tokens
+
+
+def _qkv_attention_bytes(cfg, act_bytes, rms_product):
+    """mha and reciprocal attention, kv pruning included, without the output and log-sum-exp."""
+    hd, h, kv = cfg.head_dim, cfg.n_head, cfg.n_kv_head
+    q_dim, kv_dim = h * hd, kv * hd
+    rope, gqa = cfg.position_encoding == "rope", kv != h
+    saved = 0
+    # q, k and v are views of the fused projection, whose storage lives while any view is saved
+    if cfg.qk_norm or not (rope and gqa) or cfg.attention_type == "reciprocal":
+        saved += act_bytes * (q_dim + 2 * kv_dim)
+    if cfg.qk_norm:
+        saved += 4 * (h + kv) + (act_bytes * (q_dim + kv_dim) if rms_product else 0)
+    if rope:
+        saved += act_bytes * (q_dim + kv_dim)  # the rotated q and k
+    if gqa:
+        saved += 2 * act_bytes * q_dim  # k and v repeated to every query head
+    if cfg.attention_type == "reciprocal":
+        # the fused queries and keys, and the output copied for out_proj (its layout follows the fused q)
+        saved += 2 * act_bytes * q_dim + act_bytes * cfg.n_embd
+    return saved + _kv_pruning_bytes(cfg, act_bytes)
+
+
+def _kv_pruning_bytes(cfg, act_bytes):
+    h, S = cfg.n_head, cfg.block_size
+    if cfg.kv_pruning == "none":
+        return 0
+    if cfg.kv_prune_values_only:
+        return act_bytes * cfg.n_kv_head * cfg.head_dim + 4 * cfg.n_kv_head  # the masked values and the mask
+    if cfg.kv_pruning == "fixed":
+        return act_bytes * h * S  # the additive mask, in the attention dtype
+    # a mask that requires grad sends SDPA to its math kernel: fp32 weights and the boolean mask per
+    # score (its copies of q, k and v take the place of the projection's output), the soft rank weights
+    return (4 + 1) * h * S + 4 * 4 * cfg.n_kv_head
+
+
+def _mla_bytes(cfg, act_bytes, stats, rms_product):
+    """MLA without the output and log-sum-exp (see MultiHeadLatentAttention)."""
+    h, kv, hd, rd, latent = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mla_rope_dim, cfg.kv_latent_dim
+    saved = act_bytes * (latent + rd) + 4 * stats + act_bytes * latent * (2 if rms_product else 1)  # latent's norm
+    saved += 2 * act_bytes * h * (hd + rd)  # q and k, concatenated from their parts (k repeated to every head)
+    manual = cfg.attention_backend == "manual"
+    kv_up_saved = cfg.qk_norm or (not rd and kv == h and not manual)  # k_nope and v: views of kv_up_proj's output
+    if manual:
+        saved += act_bytes * h * hd  # v, copied by the weights @ v matmul
+    elif rd:
+        saved += act_bytes * h * (hd + rd)  # v padded to q's head size for the fused kernels
+    elif kv != h:
+        saved += act_bytes * h * hd  # v repeated to every query head
+    if kv_up_saved:
+        saved += act_bytes * 2 * kv * hd
+    if cfg.qk_norm:
+        saved += act_bytes * h * (hd + rd) + 4 * (h + kv) + (act_bytes * (h + kv) * hd if rms_product else 0)
+    # SDPA's output is rd wider per head (v's padding), and copied for out_proj
+    return saved + (0 if manual else act_bytes * h * rd + act_bytes * cfg.n_embd)
+
+
+def _ffn_bytes(cfg, act_bytes):
+    f, d = cfg.ffn_hidden_size, cfg.n_embd
+    # relu backward reads its output, which the next matmul saves anyway; the others read their input
+    input_saved = cfg.activation != "relu"
+    if cfg.ffn_type == "swiglu":
+        return act_bytes * f * (3 + input_saved)  # gate, activation(gate), up, their product
+    saved = act_bytes * f * (1 + input_saved)  # up, activation(up) (for rmlp: concatenated)
+    if cfg.ffn_type == "rmlp":
+        saved += act_bytes * f * cfg.rmlp_gates  # the activations, saved by the gates' products
+        saved += 2 * act_bytes * d * cfg.rmlp_mixer  # the attention output and the reciprocal part's input
+    return saved
 
 
 def final_activation_bytes(cfg, tokens, act_bytes, residual_bytes, on_cuda=True):
@@ -164,6 +223,34 @@ def logits_peak_bytes(cfg, tokens, act_bytes, loss_chunk_rows=0):
         return ((act_bytes + 4 + 4 + 4 + act_bytes) * cfg.vocab_size * rows + act_bytes * cfg.n_embd * tokens
                 + 4 * cfg.vocab_size * cfg.n_embd)
     return (act_bytes + 4 + 4 + 4) * cfg.vocab_size * tokens
+
+
+def kv_cache_bytes_per_token(cfg, bytes_per_element=2):
+    """(without kv pruning, with it): bytes the generation cache holds per token of context, all
+    layers together, at long context. The attention type says what it caches (mha: keys and values
+    of n_kv_head heads; reciprocal: fused keys of n_head heads and values; mla: the latent and the
+    rope key). Pruning keeps kv_keep_ratio of the keys and values (of the values only with
+    kv_prune_values_only) and adds its float32 attention mass and exposure per kv head and scored
+    entry, plus an int64 key index per kept value with values only. learned: at the initial ratio."""
+    keys, values = ATTENTION_TYPES.get(cfg.attention_type).kv_cache_elements_per_token(cfg)
+    full = (keys + values) * bytes_per_element
+    if cfg.kv_pruning == "none":
+        return full, full
+    ratio, per_head = cfg.kv_keep_ratio, cfg.n_kv_head * cfg.n_layer
+    if cfg.kv_prune_values_only:
+        return full, keys * bytes_per_element + 8 * per_head + ratio * (values * bytes_per_element + 8 * per_head)
+    return full, ratio * (full + 8 * per_head)
+
+
+def kv_cache_line(cfg, bytes_per_element=2):
+    full, pruned = kv_cache_bytes_per_token(cfg, bytes_per_element)
+    line = (f"generation KV cache ({cfg.attention_type}, {8 * bytes_per_element}-bit): {full / 1024:.1f} KiB per "
+            f"token, {full * cfg.block_size / MIB:.1f} MiB per {cfg.block_size}-token sequence")
+    if cfg.kv_pruning != "none":
+        which = " (values only)" if cfg.kv_prune_values_only else ""
+        line += (f"; kv_pruning={cfg.kv_pruning}{which} keeps {pruned / 1024:.1f} KiB per token "
+                 f"(saves {1 - pruned / full:.0%})")
+    return line
 
 
 # ---------------------------------------------------------------- the estimate
@@ -343,6 +430,7 @@ def dry_run_report(config, world_size, device_free_bytes, accumulation_steps, dt
              f"{accumulation_steps}, {world_size} process(es) ({_strategy_name(t, world_size)}), "
              f"{_assumed_dtype(dtype)}, activation checkpointing {t.activation_checkpointing}, {t.optimizer}"]
     lines += _memory_table(estimate, device_free_bytes, margin)
+    lines.append(kv_cache_line(config.model))
     ckpt = checkpoint_bytes(counts, pruning_method_for(t))
     max_iters = effective_max_iters(t)
     files = retention_files(t, max_iters, epochs_in_run(t, max_iters, tokens_per_step, train_tokens))
@@ -587,6 +675,19 @@ def measure_on_gpu(preset, size, batch_size, compile_model, activation_checkpoin
     return estimate.peak, torch.cuda.max_memory_allocated(), reserved, total - free - reserved
 
 
+KV_CACHE_VARIANTS = (dict(), dict(attention_type="mla"), dict(attention_type="reciprocal"),
+                     dict(kv_pruning="fixed"), dict(kv_pruning="fixed", kv_prune_values_only=True))
+
+
+def print_kv_cache_table(presets, sizes):
+    from model_config import GPT2_SIZES, ModelConfig
+    for preset in presets:
+        for size in sizes:
+            for variant in KV_CACHE_VARIANTS:
+                cfg = ModelConfig.from_preset(preset, **GPT2_SIZES[size], **variant)
+                print(f"{preset:<7}{size:<6}{kv_cache_line(cfg)}")
+
+
 def main(argv):
     import argparse
     import hardware
@@ -597,7 +698,12 @@ def main(argv):
     parser.add_argument("--activation_checkpointing", default="none")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--loss_chunk_rows", type=int, default=4096, help="0: the plain loss on whole-batch logits")
+    parser.add_argument("--kv_cache", action="store_true",
+                        help="print the generation KV cache per token of each attention type and kv pruning (no GPU)")
     args = parser.parse_args(argv)
+    if args.kv_cache:
+        print_kv_cache_table(args.presets.split(","), args.sizes.split(","))
+        return
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA (or ROCm) GPU: it compares the estimate with torch.cuda.max_memory_allocated")
     hardware.enable_tf32()

@@ -10,39 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from linear_cross_entropy import linear_cross_entropy
-from model_components import ATTENTION_BACKENDS, FFN_TYPES, NORMALIZATIONS, POSITION_ENCODINGS
+from model_components import ATTENTION_TYPES, FFN_TYPES, NORMALIZATIONS, POSITION_ENCODINGS, KVCache, KVPruning
 from model_config import ModelConfig
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        # one fused projection for q, k and v; k and v have n_kv_head heads each
-        self.qkv_proj = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
-        self.out_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        norm = NORMALIZATIONS.get(cfg.normalization)
-        self.q_norm = norm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
-        self.k_norm = norm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
-        self.attend = ATTENTION_BACKENDS.get(cfg.attention_backend)
-        self.dropout_p = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x, position, positions, kv_cache=None):
-        B, T, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
-        q = self.q_norm(q.view(B, T, self.n_head, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(B, T, self.n_kv_head, self.head_dim)).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = position.rotate(q, k, positions)
-        if kv_cache is not None:
-            k, v = kv_cache.append(k, v)
-        # a single new query may see every cached key; otherwise the block is causal (prefill
-        # starts from an empty cache, so queries and keys are the same positions)
-        causal = T > 1
-        y = self.attend(q, k, v, causal, self.dropout_p if self.training else 0.0)
-        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, -1)))
 
 
 class Block(nn.Module):
@@ -50,29 +19,24 @@ class Block(nn.Module):
         super().__init__()
         norm = NORMALIZATIONS.get(cfg.normalization)
         self.attn_norm = norm(cfg.n_embd, cfg.norm_eps)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = ATTENTION_TYPES.get(cfg.attention_type)(cfg)
         self.ffn_norm = norm(cfg.n_embd, cfg.norm_eps)
         self.ffn = FFN_TYPES.get(cfg.ffn_type)(cfg)
         self.pre_norm = cfg.norm_position == "pre"
 
     def forward(self, x, position, positions, kv_cache=None):
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), position, positions, kv_cache)
-            return x + self.ffn(self.ffn_norm(x))
-        x = self.attn_norm(x + self.attn(x, position, positions, kv_cache))
-        return self.ffn_norm(x + self.ffn(x))
+            attention_output = self.attn(self.attn_norm(x), position, positions, kv_cache)
+            x = x + attention_output
+            return x + self._ffn(self.ffn_norm(x), attention_output)
+        attention_output = self.attn(x, position, positions, kv_cache)
+        x = self.attn_norm(x + attention_output)
+        return self.ffn_norm(x + self._ffn(x, attention_output))
 
-
-class KVCache:
-    """Keys and values of one layer seen so far, for incremental decoding."""
-
-    def __init__(self):
-        self.k = self.v = None
-
-    def append(self, k, v):
-        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
-        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
-        return self.k, self.v
+    def _ffn(self, x, attention_output):
+        if getattr(self.ffn, "takes_attention_output", False):
+            return self.ffn(x, attention_output)
+        return self.ffn(x)
 
 
 class GPT(nn.Module):
@@ -90,6 +54,18 @@ class GPT(nn.Module):
         if cfg.weight_tying:
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
+        self._reciprocal_on = True  # the buffers' initial state
+
+    def set_training_step(self, step):
+        """Switches the reciprocal parts (reciprocal attention, rmlp) on once step >= ra_delay_steps;
+        train.py calls it before every step. The switch is a buffer that a compiled model reads as an
+        input, and it is written only when it changes, so it never causes a recompile."""
+        on = step >= self.config.ra_delay_steps
+        if on != self._reciprocal_on:
+            self._reciprocal_on = on
+            for module in self.modules():
+                if isinstance(getattr(module, "reciprocal_on", None), torch.Tensor):
+                    module.reciprocal_on.fill_(float(on))
 
     def _init_weights(self, module):
         std = self.config.init_std
@@ -186,24 +162,31 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict:
     Conventions (those of Kaplan et al. 2020 and PaLM's MFU, and of torch's FlopCounterMode):
     - a multiply-add is 2 FLOPs; backward costs twice the forward (gradients for inputs and for
       weights), so every matmul term is 3x its forward cost;
-    - attention_proj: q, k, v and output projections, with grouped-query attention's smaller
-      k/v projections: 2 * n_embd * (n_head + 2 n_kv_head) * head_dim + 2 * n_embd^2 per layer;
-    - attention_scores: q k^T and attention-weighted v over the full seq_len x seq_len square,
-      4 * seq_len * n_embd per layer forward, NOT halved for the causal mask (as PaLM counts it,
-      and as the manual kernel computes it; FlashAttention skips about half of this work);
+    - attention_proj, attention_scores and position_encoding come from the attention type
+      (model_components.py): for mha, the q, k, v and output projections with grouped-query
+      attention's smaller k/v projections, 2 * n_embd * (n_head + 2 n_kv_head) * head_dim +
+      2 * n_embd^2 per layer; the scores q k^T and the weighted sum of v over the full
+      seq_len x seq_len square, 4 * seq_len * n_embd per layer forward, NOT halved for the causal
+      mask (as PaLM counts it, and as the manual kernel computes it; FlashAttention skips about half
+      of this work); RoPE's elementwise rotation of q and k (small). reciprocal attention has
+      exactly mha's FLOPs (the fused call keeps the head size); mla counts its latent down and up
+      projections and the rope-widened q k^T, but not the zero columns the sdpa backend pads v with;
     - ffn: from the FFN component (2 or 3 matrices); lm_head: 2 * n_embd * vocab_size whether
       tied or not (tying shares the weights, not the work);
-    - position_encoding: RoPE's elementwise rotation of q and k (small); norms, softmax,
-      activations, embeddings lookups and the loss are elementwise and left out.
+    - kv_pruning_scores: kv pruning's extra no-grad q k^T in the training forward, counted once
+      (it has no backward);
+    - norms, softmax, activations, gates, embeddings lookups and the loss are elementwise and left out.
     """
-    attention_proj = 2 * cfg.n_embd * (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim + 2 * cfg.n_embd ** 2
+    attention = ATTENTION_TYPES.get(cfg.attention_type).forward_flops_per_token(cfg, seq_len)
     forward = {
-        "attention_proj": attention_proj * cfg.n_layer,
-        "attention_scores": 4 * seq_len * cfg.n_embd * cfg.n_layer,
+        "attention_proj": attention["attention_proj"],
+        "attention_scores": attention["attention_scores"],
         "ffn": FFN_TYPES.get(cfg.ffn_type).forward_flops_per_token(cfg),
-        "position_encoding": POSITION_ENCODINGS.get(cfg.position_encoding).forward_flops_per_token(cfg),
+        "position_encoding": attention["position_encoding"],
         "lm_head": 2 * cfg.n_embd * cfg.vocab_size,
     }
     breakdown = {name: 3 * flops for name, flops in forward.items()}
+    if cfg.kv_pruning != "none":
+        breakdown["kv_pruning_scores"] = KVPruning.forward_flops_per_token(cfg, seq_len)
     breakdown["total"] = sum(breakdown.values())
     return breakdown

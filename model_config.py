@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from model_components import REGISTRIES, UnknownComponentError
 
 NORM_POSITIONS = ("pre", "post")
+KV_PRUNING = ("none", "fixed", "learned")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,20 @@ class ModelConfig:
     dropout: float = 0.0
     qk_norm: bool = False
     init_std: float = 0.02
+    # research components (model_components.py); the defaults leave every preset as it was
+    attention_type: str = "mha"
+    kv_latent_dim: int | None = None  # mla: None -> 4 * head_dim
+    mla_rope_dim: int | None = None  # mla: None -> head_dim // 2 with position_encoding='rope', else 0
+    ra_rank: int | None = None  # reciprocal: None -> head_dim // 16 (at least 1)
+    ra_self_restart: bool = False  # reciprocal: out = (1 - a) attn + a v, a learned in [0, 0.5]
+    rmlp_rank: int | None = None  # rmlp: reciprocal hidden units; None -> ffn_hidden_size // 4
+    rmlp_mixer: bool = False  # rmlp: the reciprocal part also reads the attention output
+    rmlp_gates: bool = False  # rmlp: learned gates on the standard and reciprocal parts
+    ra_delay_steps: int = 0  # reciprocal parts switch on at this training step
+    kv_pruning: str = "none"  # none | fixed | learned
+    kv_keep_ratio: float = 0.382
+    kv_keep_recent: int = 64
+    kv_prune_values_only: bool = False  # keep every key, prune values
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -49,6 +64,18 @@ class ModelConfig:
         if self.ffn_hidden_size is None:
             object.__setattr__(self, "ffn_hidden_size", default_ffn_hidden_size(self.ffn_type, self.n_embd))
         self._validate()
+        self._resolve_component_defaults()
+        self._validate_research_components()
+
+    def _resolve_component_defaults(self):
+        defaults = {"mla": {"kv_latent_dim": 4 * self.head_dim,
+                            "mla_rope_dim": self.head_dim // 2 if self.position_encoding == "rope" else 0},
+                    "reciprocal": {"ra_rank": max(1, self.head_dim // 16)}}.get(self.attention_type, {})
+        if self.ffn_type == "rmlp":
+            defaults["rmlp_rank"] = self.ffn_hidden_size // 4
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
 
     def _validate(self):
         if self.arch_preset not in PRESETS:
@@ -77,6 +104,59 @@ class ModelConfig:
             if getattr(self, kind) not in registry:
                 raise UnknownComponentError(registry.unknown_message(getattr(self, kind)))
 
+    def _validate_research_components(self):
+        owners = {"kv_latent_dim": "mla", "mla_rope_dim": "mla", "ra_rank": "reciprocal",
+                  "ra_self_restart": "reciprocal", "rmlp_rank": "rmlp", "rmlp_mixer": "rmlp", "rmlp_gates": "rmlp"}
+        for key, owner in owners.items():
+            value = getattr(self, key)
+            used = owner in (self.attention_type, self.ffn_type)
+            if not used and value not in (None, False):
+                kind = "ffn_type" if owner == "rmlp" else "attention_type"
+                raise ConfigError(f"{key}={value!r} is only used by {kind}='{owner}', but {kind} is "
+                                  f"{getattr(self, kind)!r}. Set {kind}='{owner}' or leave {key} unset.")
+        for key in ("kv_latent_dim", "ra_rank", "rmlp_rank", "kv_keep_recent"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"{key}={value!r} is invalid: it must be a positive integer.")
+        for key in ("mla_rope_dim", "ra_delay_steps"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"{key}={value!r} is invalid: it must be a non-negative integer.")
+        if self.attention_type == "mla":
+            self._validate_mla()
+        if self.attention_type == "reciprocal" and not self.ra_rank < self.head_dim:
+            raise ConfigError(f"ra_rank={self.ra_rank} is invalid: the reciprocal part must be smaller than the "
+                              f"head, ra_rank < head_dim = n_embd/n_head = {self.head_dim} (e.g. 4 of 64).")
+        if self.ffn_type == "rmlp" and not self.rmlp_rank < self.ffn_hidden_size:
+            raise ConfigError(f"rmlp_rank={self.rmlp_rank} is invalid: the reciprocal part must be smaller than the "
+                              f"hidden layer, rmlp_rank < ffn_hidden_size = {self.ffn_hidden_size}.")
+        if self.ra_delay_steps and self.attention_type != "reciprocal" and self.ffn_type != "rmlp":
+            raise ConfigError(f"ra_delay_steps={self.ra_delay_steps} delays a reciprocal part, but there is none: "
+                              f"it needs attention_type='reciprocal' or ffn_type='rmlp'.")
+        self._validate_kv_pruning()
+
+    def _validate_mla(self):
+        if self.position_encoding == "rope" and (self.mla_rope_dim <= 0 or self.mla_rope_dim % 2):
+            raise ConfigError(f"mla_rope_dim={self.mla_rope_dim} is invalid: attention_type='mla' with "
+                              f"position_encoding='rope' rotates a decoupled rope part, which needs a positive even "
+                              f"size (default head_dim // 2 = {self.head_dim // 2}).")
+        if self.position_encoding != "rope" and self.mla_rope_dim:
+            raise ConfigError(f"mla_rope_dim={self.mla_rope_dim} is only used with position_encoding='rope' (MLA's "
+                              f"decoupled RoPE); with position_encoding={self.position_encoding!r} leave it unset.")
+
+    def _validate_kv_pruning(self):
+        if self.kv_pruning not in KV_PRUNING:
+            raise ConfigError(_choice_message("kv_pruning", self.kv_pruning, KV_PRUNING))
+        if not (isinstance(self.kv_keep_ratio, (int, float)) and 0 < self.kv_keep_ratio <= 1):
+            raise ConfigError(f"kv_keep_ratio={self.kv_keep_ratio!r} is invalid: it must satisfy "
+                              f"0 < kv_keep_ratio <= 1 (the fraction of keys kept, e.g. 0.382).")
+        if self.kv_prune_values_only and self.kv_pruning == "none":
+            raise ConfigError("kv_prune_values_only=True prunes values by the kv pruning rule, but kv_pruning is "
+                              f"'none'. Accepted with kv_pruning: {', '.join(KV_PRUNING[1:])}.")
+        if self.kv_pruning != "none" and self.attention_type == "mla":
+            raise ConfigError(f"kv_pruning={self.kv_pruning!r} is not implemented for attention_type='mla', whose "
+                              f"cache is already a compressed latent. Accepted with kv_pruning: mha, reciprocal.")
+
     @property
     def head_dim(self):
         return self.n_embd // self.n_head
@@ -102,17 +182,26 @@ class ModelConfig:
         [-QKNorm]-{Tied|Untied}[-Bias][-Drop{dropout}]
 
         position: AbsPos | RoPE | NoPos; norm: LN | LNnb | RMS; activation: GELU | GELUx | SiLU |
-        ReLU | LReLU; ffn: MLP | GLU. Names of components without an abbreviation are used as is.
+        ReLU | LReLU; ffn: MLP | GLU | RMLP{rmlp_rank}[Mix][Gate]. Names of components without an
+        abbreviation are used as is. Only when they differ from the defaults: after {n_embd}D the
+        attention type, MLA{kv_latent_dim}[r{mla_rope_dim}] or RA{ra_rank}[SR] (self-restart); at the
+        end Delay{ra_delay_steps} and KVP{Fixed|Learned}{kv_keep_ratio}r{kv_keep_recent}[V] (values only).
         Example (gpt2): 12L-12H-768D-AbsPos-LN-GELU-MLP-PreNorm-Tied-Bias
         """
         parts = [f"{self.n_layer}L", f"{self.n_head}H"]
         if self.n_kv_head != self.n_head:
             parts.append(f"{self.n_kv_head}KV")
-        parts += [f"{self.n_embd}D",
-                  _ABBREVIATIONS.get(self.position_encoding, self.position_encoding),
+        parts.append(f"{self.n_embd}D")
+        if self.attention_type == "mla":
+            parts.append(f"MLA{self.kv_latent_dim}" + (f"r{self.mla_rope_dim}" if self.mla_rope_dim else ""))
+        elif self.attention_type == "reciprocal":
+            parts.append(f"RA{self.ra_rank}" + ("SR" if self.ra_self_restart else ""))
+        elif self.attention_type != "mha":
+            parts.append(_ABBREVIATIONS.get(self.attention_type, self.attention_type))
+        parts += [_ABBREVIATIONS.get(self.position_encoding, self.position_encoding),
                   _ABBREVIATIONS.get(self.normalization, self.normalization),
                   _ABBREVIATIONS.get(self.activation, self.activation),
-                  _ABBREVIATIONS.get(self.ffn_type, self.ffn_type),
+                  _ABBREVIATIONS.get(self.ffn_type, self.ffn_type) + self._rmlp_suffix(),
                   f"{self.norm_position.capitalize()}Norm"]
         if self.qk_norm:
             parts.append("QKNorm")
@@ -121,14 +210,25 @@ class ModelConfig:
             parts.append("Bias")
         if self.dropout:
             parts.append(f"Drop{self.dropout:g}")
+        if self.ra_delay_steps:
+            parts.append(f"Delay{self.ra_delay_steps}")
+        if self.kv_pruning != "none":
+            parts.append(f"KVP{self.kv_pruning.capitalize()}{self.kv_keep_ratio:g}r{self.kv_keep_recent}"
+                         + ("V" if self.kv_prune_values_only else ""))
         return "-".join(parts)
+
+    def _rmlp_suffix(self):
+        if self.ffn_type != "rmlp":
+            return ""
+        return f"{self.rmlp_rank}" + ("Mix" if self.rmlp_mixer else "") + ("Gate" if self.rmlp_gates else "")
 
 
 _ABBREVIATIONS = {
     "learned_absolute": "AbsPos", "rope": "RoPE", "none": "NoPos",
     "layernorm": "LN", "layernorm_nobias": "LNnb", "rmsnorm": "RMS",
     "gelu": "GELU", "gelu_exact": "GELUx", "silu": "SiLU", "relu": "ReLU", "leaky_relu": "LReLU",
-    "standard": "MLP", "swiglu": "GLU",
+    "standard": "MLP", "swiglu": "GLU", "rmlp": "RMLP",
+    "mha": "MHA", "mla": "MLA", "reciprocal": "RA",
 }
 
 

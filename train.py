@@ -186,6 +186,7 @@ def train(run):
             step_start = time.perf_counter()
             lr = lr_at(progress.step, t)
             set_lr(run.optimizer, lr)
+            run.model.set_training_step(progress.step)  # ra_delay_steps: reciprocal parts switch on at their step
             result = train_step(run.step_model, run.optimizer, run.train_loader.next_batch, run.accumulation_steps,
                                 run.autocast, t.grad_clip, run.scaler, run.pruner, histograms_due(run),
                                 t.loss_chunk_rows)

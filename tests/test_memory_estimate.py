@@ -38,6 +38,12 @@ def saved_for_backward_bytes(model, idx):
 @pytest.mark.parametrize("preset, options", [
     ("gpt2", {}), ("llama", {}), ("team", {}), ("hybrid", {}), ("gpt2", {"activation": "relu"}),
     ("llama", {"n_kv_head": 2}), ("gpt2", {"attention_backend": "manual"}), ("gpt2", {"dropout": 0.1}),
+    ("gpt2", {"attention_type": "mla"}), ("llama", {"attention_type": "mla"}), ("team", {"attention_type": "mla"}),
+    ("gpt2", {"attention_type": "mla", "attention_backend": "manual"}),
+    ("gpt2", {"attention_type": "reciprocal", "ra_self_restart": True}), ("team", {"attention_type": "reciprocal"}),
+    ("llama", {"ffn_type": "rmlp", "rmlp_mixer": True, "rmlp_gates": True}),
+    ("gpt2", {"kv_pruning": "fixed", "kv_keep_recent": 4}), ("gpt2", {"kv_pruning": "learned", "kv_keep_recent": 4}),
+    ("team", {"kv_pruning": "fixed", "kv_keep_recent": 4, "kv_prune_values_only": True}),
 ])
 def test_activation_bytes_match_what_autograd_saves(preset, options):
     cfg = ModelConfig.from_preset(preset, n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=128, **options)
@@ -120,6 +126,20 @@ def test_dry_run_of_gpt2_1_5b_is_fast_and_allocates_nothing():
     assert f"weights {weights:.2f} GiB + Adam moments {2 * weights:.2f} GiB" in report
     assert "latest + backup 2, rolling 3, epoch 0 training states" in report
     assert re.search(r"device total +\d+\.\d\d GiB +fits in 80\.00 GiB free", report)
+    assert "generation KV cache (mha, 16-bit): 300.0 KiB per token" in report  # 2 x 48 layers x 1600, 16-bit
+
+
+def test_dry_run_counts_research_components():
+    mha = me.dry_run_report(gpt2_config(), 1, None, 1, "bfloat16")
+    config = gpt2_config("--attention_type=reciprocal", "--ffn_type=rmlp", "--rmlp_mixer=True", "--kv_pruning=fixed")
+    report = me.dry_run_report(config, 1, None, 1, "bfloat16")
+    assert "RA4-AbsPos-LN-GELU-RMLP768Mix" in report and "kv_pruning_scores" in report
+    assert "kv_pruning=fixed keeps 14.2 KiB per token (saves 61%)" in report
+
+    def activations(text):
+        return float(re.search(r"activations \(12 blocks stored\) +([\d.]+) GiB", text).group(1))
+
+    assert activations(report) > activations(mha)
 
 
 def test_preflight_refuses_an_oversized_run_and_suggests_a_batch_that_keeps_the_global_batch():

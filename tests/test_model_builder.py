@@ -110,3 +110,30 @@ def test_post_norm_has_no_final_norm_and_trains():
     _, loss = model(idx, idx)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_parameter_names_of_multi_head_attention_are_kept():
+    names = set(build_model(ModelConfig.from_preset("team", **TINY)).state_dict())
+    assert {"blocks.0.attn.qkv_proj.weight", "blocks.0.attn.out_proj.weight", "blocks.0.attn.q_norm.weight",
+            "blocks.0.attn.k_norm.weight"} <= names
+    assert not any("reciprocal_on" in name for name in names)
+
+
+def test_set_training_step_changes_nothing_without_reciprocal_parts():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("gpt2", **TINY))
+    idx = torch.randint(0, 96, (2, 8))
+    before = model(idx)[0]
+    model.set_training_step(0)
+    torch.testing.assert_close(model(idx)[0], before)
+
+
+def test_rmlp_is_initialised_like_the_standard_mlp():
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("gpt2", n_layer=8, n_head=4, n_embd=256, vocab_size=1000, block_size=64,
+                                  ffn_type="rmlp", attention_type="mla")
+    model = build_model(cfg)
+    expected = 0.02 / (2 * 8) ** 0.5
+    assert model.blocks[3].ffn.down_proj.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert model.blocks[3].attn.out_proj.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert model.blocks[3].ffn.rec_up_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)

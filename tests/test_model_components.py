@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from model_builder import build_model
-from model_components import (ATTENTION_BACKENDS, FFN_TYPES, NORMALIZATIONS, POSITION_ENCODINGS, REGISTRIES,
-                              Registry, UnknownComponentError, manual_attention, sdpa_attention)
+from model_components import (ATTENTION_BACKENDS, ATTENTION_TYPES, FFN_TYPES, NORMALIZATIONS, POSITION_ENCODINGS,
+                              REGISTRIES, Registry, UnknownComponentError, manual_attention, sdpa_attention)
 from model_config import ModelConfig
 
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50)
@@ -122,3 +122,38 @@ def test_ffn_registry_has_flops_for_every_ffn_and_position_encoding():
     for name in POSITION_ENCODINGS.names():
         assert POSITION_ENCODINGS.get(name).forward_flops_per_token(cfg) >= 0
     assert ATTENTION_BACKENDS.names() == ["sdpa", "manual"]
+
+
+def test_every_attention_type_reports_flops_and_its_kv_cache():
+    cfg = ModelConfig.from_preset("llama", **TINY)
+    assert ATTENTION_TYPES.names() == ["mha", "reciprocal", "mla"]
+    for name in ATTENTION_TYPES.names():
+        options = {"ra_rank": 2} if name == "reciprocal" else {}
+        typed = ModelConfig.from_preset("llama", **TINY, attention_type=name, **options)
+        flops = ATTENTION_TYPES.get(name).forward_flops_per_token(typed, 16)
+        assert set(flops) == {"attention_proj", "attention_scores", "position_encoding"}
+        assert min(flops.values()) > 0
+        keys, values = ATTENTION_TYPES.get(name).kv_cache_elements_per_token(typed)
+        assert keys > 0 and values >= 0
+    assert ATTENTION_TYPES.get("mha").kv_cache_elements_per_token(cfg) == (2 * 32, 2 * 32)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 1])
+def test_sdpa_pads_values_narrower_than_the_keys(n_kv_head):
+    # MLA's queries and keys carry a rope part the values lack
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 7, 12, dtype=torch.float64), torch.randn(2, n_kv_head, 7, 12, dtype=torch.float64)
+    v = torch.randn(2, n_kv_head, 7, 8, dtype=torch.float64)
+    out = sdpa_attention(q, k, v, True, 0.0)
+    assert out.shape == (2, 4, 7, 8)
+    torch.testing.assert_close(out, manual_attention(q, k, v, True, 0.0))
+
+
+def test_an_additive_mask_replaces_the_causal_flag_in_both_backends():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 4, dtype=torch.float64) for _ in range(3))
+    mask = torch.zeros(5, 5, dtype=torch.float64).masked_fill(torch.rand(5, 5) < 0.3, float("-inf"))
+    mask.fill_diagonal_(0.0)
+    expected = torch.softmax(q @ k.transpose(-2, -1) / 2 + mask, dim=-1) @ v
+    torch.testing.assert_close(manual_attention(q, k, v, True, 0.0, mask=mask), expected)
+    torch.testing.assert_close(sdpa_attention(q, k, v, True, 0.0, mask=mask), expected)
