@@ -17,7 +17,9 @@ from conftest import REPO_ROOT, SHAKESPEARE_TXT
 from data.shakespeare_char.prepare import prepare
 
 STRATEGIES = {"ddp": [], "zero1": ["--use_zero1=True"], "fsdp": ["--use_fsdp=True"]}
-COMMON = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--device=cpu", "--compile=False",
+# DIST_TEST_DEVICE=cuda runs the same checks with NCCL on a machine with 2 GPUs
+DEVICE = os.environ.get("DIST_TEST_DEVICE", "cpu")
+COMMON = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", f"--device={DEVICE}", "--compile=False",
           "--logger_backends=[]", "--eval_iters=2", "--eval_interval=1000", "--log_interval=1", "--warmup_iters=1",
           "--lr_decay_iters=10", "--data_loader=sequential", "--dropout=0.0", "--dtype=float32",
           "--dataset=shakespeare_char"]
