@@ -187,6 +187,19 @@ def load_full_optimizer_state(model, optimizer, named_state, strategy, info):
         set_optimizer_state_dict(model, optimizer, named_state, options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(_indexed(named_state, _param_names(model, optimizer)))
+        if strategy == "zero1" and info.enabled:
+            _steps_beside_parameters(optimizer.optim)
+
+
+def _steps_beside_parameters(optimizer):
+    """ZeroRedundancyOptimizer.load_state_dict moves every 0-dim state tensor (Adam's `step`) to
+    the CPU, but fused and capturable AdamW need `step` on their parameter's device."""
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable"):
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(param.device, torch.float32)
 
 
 def _param_names(model, optimizer):
