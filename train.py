@@ -320,7 +320,7 @@ def eval_loaders(run):
 
 
 def log_train_step(run, loss, lr, grad_norm, seconds_per_step):
-    progress, t = run.progress, run.config.train
+    progress = run.progress
     tokens_per_second = run.tokens_per_step / seconds_per_step  # all ranks together
     memory = hardware.memory_stats(run.device)
     peaks = distributed.max_across_ranks(torch.tensor([memory.get(k) or 0.0 for k in memory], device=run.device),

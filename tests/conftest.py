@@ -20,3 +20,22 @@ def shakespeare_text_path():
     if not SHAKESPEARE_TXT.is_file():
         pytest.skip(f"offline Tiny Shakespeare not found at {SHAKESPEARE_TXT}")
     return SHAKESPEARE_TXT
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    """A data folder holding Tiny Shakespeare prepared by data/shakespeare_char/prepare.py."""
+    if not SHAKESPEARE_TXT.is_file():
+        pytest.skip(f"offline Tiny Shakespeare not found at {SHAKESPEARE_TXT}")
+    from data.shakespeare_char.prepare import prepare
+    root = tmp_path_factory.mktemp("data")
+    prepare(SHAKESPEARE_TXT, root / "shakespeare_char")
+    return root
+
+
+def tiny_ablation_args(tmp_path, char_data, max_iters):
+    """train.py options for a seconds-long ablation run on the CPU, writing under tmp_path."""
+    return ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", f"--max_iters={max_iters}",
+            f"--eval_interval={max_iters}", "--eval_iters=2", "--device=cpu", "--compile=False", "--logger_backends=[]",
+            f"--data_dir={char_data}", "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'runs'}",
+            f"--checkpoint_dir={tmp_path / 'checkpoints'}"]

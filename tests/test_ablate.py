@@ -5,7 +5,7 @@ import pytest
 
 import ablate
 from ablate import PlannedRun, format_value, grid_plan, make_plan, read_steps_file
-from conftest import REPO_ROOT, SHAKESPEARE_TXT
+from conftest import REPO_ROOT, tiny_ablation_args
 from model_config import ConfigError
 
 GRID = ["normalization=layernorm,rmsnorm", "position_encoding=learned_absolute,rope"]
@@ -148,22 +148,10 @@ def test_dry_run_and_bad_values_train_nothing(tmp_path, fake_train, capsys):
     assert calls(tmp_path) == []
 
 
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    if not SHAKESPEARE_TXT.is_file():
-        pytest.skip("offline Tiny Shakespeare not available")
-    from data.shakespeare_char.prepare import prepare
-    root = tmp_path_factory.mktemp("data")
-    prepare(SHAKESPEARE_TXT, root / "shakespeare_char")
-    return root
-
 
 def test_a_2x2_grid_of_tiny_real_runs_end_to_end(tmp_path, char_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--max_iters=5",
-            "--eval_interval=5", "--eval_iters=2", "--device=cpu", "--compile=False", "--logger_backends=[]",
-            f"--data_dir={char_data}", "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'runs'}",
-            f"--checkpoint_dir={tmp_path / 'checkpoints'}"]
+    tiny = tiny_ablation_args(tmp_path, char_data, max_iters=5)
     ablate.main([str(REPO_ROOT / "config" / "arch_gpt2.py"), "--grid", *GRID, *tiny,
                  f"--compare_out={tmp_path / 'cmp'}"])
     names = [run.name for run in grid_plan("arch_gpt2", ablate.parse_grid(GRID))]

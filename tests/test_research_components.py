@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import ablate
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_ablation_args
 from hf_interop import check_exportable
 from model_builder import build_model
 from model_components import KVCache, _rotate
@@ -372,26 +372,13 @@ def test_ablation_ladder_plans_seven_runs_with_the_right_overrides():
         ModelConfig.from_preset("gpt2", **TINY, **changes)
 
 
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    from conftest import SHAKESPEARE_TXT
-    if not SHAKESPEARE_TXT.is_file():
-        pytest.skip("offline Tiny Shakespeare not available")
-    from data.shakespeare_char.prepare import prepare
-    root = tmp_path_factory.mktemp("data")
-    prepare(SHAKESPEARE_TXT, root / "shakespeare_char")
-    return root
-
 
 def test_ladder_steps_v1_and_v3_train_end_to_end(tmp_path, char_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     steps_file = tmp_path / "two_steps.py"
     steps, _ = ablate.read_steps_file(list(map(str, LADDER)))
     steps_file.write_text(f"ablation_steps = {({k: steps[k] for k in ('V1', 'V3')})!r}\n")
-    tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--max_iters=2",
-            "--eval_interval=2", "--eval_iters=1", "--device=cpu", "--compile=False", "--logger_backends=[]",
-            f"--data_dir={char_data}", "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'runs'}",
-            f"--checkpoint_dir={tmp_path / 'checkpoints'}"]
+    tiny = tiny_ablation_args(tmp_path, char_data, max_iters=2)
     ablate.main([str(LADDER[0]), str(steps_file), *tiny, f"--compare_out={tmp_path / 'cmp'}"])
     for step, ffn in (("V1", "standard"), ("V3", "rmlp")):
         run = tmp_path / "runs" / f"arch_gpt2-two_steps-{step}"

@@ -17,14 +17,6 @@ TINY_RUN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--ba
             "--compile=False", "--logger_backends=[]", "--eval_iters=4", "--log_interval=1", "--warmup_iters=2"]
 
 
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    if not SHAKESPEARE_TXT.is_file():
-        pytest.skip("offline Tiny Shakespeare not available")
-    root = tmp_path_factory.mktemp("data")
-    prepare(SHAKESPEARE_TXT, root / "shakespeare_char")
-    return root
-
 
 def train(tmp_path, data_root, *args, check=True, dataset="shakespeare_char", env=None):
     command = [sys.executable, str(REPO_ROOT / "train.py"), f"--data_dir={data_root}", f"--dataset={dataset}",
