@@ -126,6 +126,8 @@ def _coerce(key, value, annotation, source):
             return value
         elif typing.get_origin(kind) in (list, dict) and isinstance(value, (list, tuple, dict)):
             return typing.get_origin(kind)(value)
+        elif typing.get_origin(kind) is list and isinstance(value, str):
+            return [item for item in value.split(",") if item]  # --logger_backends=tensorboard,wandb
     raise ConfigError(f"{key}={value!r} (from {source}) is a {type(value).__name__}, but {key} takes "
                       f"{_type_name(annotation)}. Example: --{key}={_example(annotation)}.")
 

@@ -146,7 +146,9 @@ class ModelConfig:
 
     def _validate_kv_pruning(self):
         if self.kv_pruning not in KV_PRUNING:
-            raise ConfigError(_choice_message("kv_pruning", self.kv_pruning, KV_PRUNING))
+            values_only = (" To keep every key and prune values, set kv_prune_values_only=True beside "
+                           "kv_pruning='fixed' or 'learned'.") if "v" in str(self.kv_pruning).lower() else ""
+            raise ConfigError(_choice_message("kv_pruning", self.kv_pruning, KV_PRUNING) + values_only)
         if not (isinstance(self.kv_keep_ratio, (int, float)) and 0 < self.kv_keep_ratio <= 1):
             raise ConfigError(f"kv_keep_ratio={self.kv_keep_ratio!r} is invalid: it must satisfy "
                               f"0 < kv_keep_ratio <= 1 (the fraction of keys kept, e.g. 0.382).")

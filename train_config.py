@@ -69,7 +69,7 @@ class TrainConfig:
     out_dir: str = "runs"
     run_name: str | None = None  # None: <arch_preset>-<date>-<time>
     # metrics.jsonl always; plus any of tensorboard, wandb, trackio ([] for none). e.g.
-    # --logger_backends='["tensorboard","wandb"]'; wandb and trackio need their package installed
+    # --logger_backends=tensorboard,wandb; wandb and trackio need their package installed
     logger_backends: list[str] = field(default_factory=lambda: ["tensorboard"])
     logger_project: str = "gpt-workbench"  # the wandb / trackio project the runs are grouped under
     peak_tflops: float | None = None  # dense peak of one device for the dtype; None: look it up

@@ -118,6 +118,7 @@ def test_logger_backends_from_the_command_line():
     config, _ = load_config(['--logger_backends=["tensorboard"]'])
     assert config.train.logger_backends == ["tensorboard"]
     assert load_config(["--logger_backends=[]"])[0].train.logger_backends == []
+    assert load_config(["--logger_backends=tensorboard,wandb"])[0].train.logger_backends == ["tensorboard", "wandb"]
     with pytest.raises(ConfigError, match=r"'wandbb', which is not a logger.*Did you mean 'wandb'"):
         load_config(['--logger_backends=["tensorboard","wandbb"]'])
 

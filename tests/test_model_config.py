@@ -67,6 +67,7 @@ def test_arch_names_encode_research_components_only_when_chosen():
     (dict(kv_pruning="fixed", kv_keep_ratio=1.5), "kv_keep_ratio=1.5 is invalid"),
     (dict(kv_pruning="fixed", kv_keep_recent=0), "kv_keep_recent=0 is invalid: it must be a positive integer"),
     (dict(kv_pruning="fixd"), "kv_pruning='fixd' is not accepted. Accepted values: none, fixed, learned. Did you mean"),
+    (dict(kv_pruning="v_only"), "set kv_prune_values_only=True beside kv_pruning='fixed' or 'learned'"),
     (dict(kv_prune_values_only=True), "kv_prune_values_only=True .* kv_pruning is 'none'"),
     (dict(attention_type="mla", kv_pruning="fixed"), "kv_pruning='fixed' is not implemented for attention_type='mla'"),
     (dict(ra_delay_steps=10), "ra_delay_steps=10 delays a reciprocal part, but there is none"),
