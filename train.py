@@ -223,7 +223,8 @@ def train(run):
     if t.log_hparams:
         run.logger.log_hparams({**run.config.model.to_dict(), **dataclasses.asdict(t)}, summary)
     run.logger.finish(summary)
-    announce(run, f"done: best val loss {progress.best_val_loss:.4f} at step {progress.best_step}; checkpoints in {run.checkpoints.folder}")
+    announce(run, f"done: best val loss {progress.best_val_loss:.4f} at step {progress.best_step}; "
+                  f"checkpoints in {run.checkpoints.folder}")
 
 
 def step_consensus(run, loss, stop_requested):
@@ -412,9 +413,10 @@ def restore(run, checkpoint):
     if saved_ranks == run.dist.world_size:
         checkpointing.set_rng_state(checkpoint["rng"][run.dist.rank])
     else:
+        position = ("global windows consumed" if run.config.train.data_loader == "sequential"
+                    else "each rank replays its own random windows")
         announce(run, f"resuming {saved_ranks} rank(s) on {run.dist.world_size}: the data position is kept "
-                      f"({'global windows consumed' if run.config.train.data_loader == 'sequential' else 'each rank replays its own random windows'}); "
-                      f"dropout RNG streams restart from the seed.")
+                      f"({position}); dropout RNG streams restart from the seed.")
 
 
 def resume_candidates(config):

@@ -74,7 +74,7 @@ class TrainConfig:
     logger_project: str = "gpt-workbench"  # the wandb / trackio project the runs are grouped under
     peak_tflops: float | None = None  # dense peak of one device for the dtype; None: look it up
     histogram_interval: int = 1000  # weight and gradient histograms (tensorboard, wandb) every N steps (0: never)
-    log_hparams: bool = True  # the configuration beside the final metrics (TensorBoard hparams tab, wandb/trackio summary)
+    log_hparams: bool = True  # configuration beside final metrics (TensorBoard hparams tab, wandb/trackio summary)
     sample_interval: int = 1000  # a generated text sample every N steps and at the end (0: never)
     sample_prompt: str = "\n"
     sample_max_new_tokens: int = 200

@@ -176,7 +176,8 @@ class WandbBackend:
         self.run.log({tag: self.wandb.Html(f"<pre>{_escape_html(text)}</pre>")}, step=step)
 
     def histograms(self, tensors, step):
-        self.run.log({tag: self.wandb.Histogram(tensor.flatten().numpy()) for tag, tensor in tensors.items()}, step=step)
+        histograms = {tag: self.wandb.Histogram(tensor.flatten().numpy()) for tag, tensor in tensors.items()}
+        self.run.log(histograms, step=step)
 
     def hparams(self, hparams, metrics):
         self.run.summary.update(metrics)

@@ -44,7 +44,8 @@ def launch(root, run_name, args, nproc, fault=None):
     result = subprocess.run([*launcher, str(script), *COMMON, *paths, f"--run_name={run_name}", *args],
                             capture_output=True, text=True, cwd=root, timeout=300, env={**os.environ, **(fault or {})})
     failed_as_planned = bool(fault) == (result.returncode != 0)
-    assert failed_as_planned, f"{run_name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert failed_as_planned, \
+        f"{run_name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
 

@@ -204,7 +204,8 @@ def test_real_trackio_stores_the_metrics(tmp_path):
               "    logger.log({'kind': 'train', 'step': 1, 'loss': 2.5})\n"
               "    logger.log({'kind': 'train', 'step': 2, 'loss': 2.25})\n")
     subprocess.run([sys.executable, "-c", "import sys\n" + script, str(tmp_path / "run1")], check=True,
-                   cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")})
+                   cwd=Path(__file__).resolve().parents[1],
+                   env={**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")})
     with sqlite3.connect(tmp_path / "trackio" / "lab.db") as connection:
         rows = connection.execute("SELECT step, metrics FROM metrics WHERE run_name = 'run1' ORDER BY step").fetchall()
     assert [(step, json.loads(metrics)["train/loss"]) for step, metrics in rows] == [(1, 2.5), (2, 2.25)]
