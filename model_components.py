@@ -583,7 +583,7 @@ class KVPruning(nn.Module):
 
     Training forward (no cache): the scores come from one extra no-grad q k^T over the sequence;
     every query then attends to the kept keys at or before it and to itself. The kept set is chosen
-    from the whole sequence's attention (as the lab's earlier script did), so which earlier keys a
+    from the whole sequence's attention, so which earlier keys a
     query sees depends on later queries: a non-differentiable look-ahead that generation, which
     chooses from the tokens seen so far, does not have. Generation: the
     cache accumulates mass and exposure as queries arrive and is cut back to
