@@ -583,9 +583,9 @@ class KVPruning(nn.Module):
 
     Training forward (no cache): the scores come from one extra no-grad q k^T over the sequence;
     every query then attends to the kept keys at or before it and to itself. The kept set is chosen
-    from the whole sequence's attention, so which earlier keys a
-    query sees depends on later queries: a non-differentiable look-ahead that generation, which
-    chooses from the tokens seen so far, does not have. Generation: the
+    from the whole sequence's attention, so which earlier keys a query sees depends on later
+    queries: a non-differentiable look-ahead that generation, which chooses from the tokens seen so
+    far, does not have. Generation: the
     cache accumulates mass and exposure as queries arrive and is cut back to
     ceil(keep_ratio * tokens seen) after each step; attention is computed explicitly there, since
     the weights are what scores the keys. kv_prune_values_only keeps every key and prunes values
