@@ -15,10 +15,7 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +25,7 @@ import torch.nn.functional as F
 
 import hardware
 from sample import generate_samples, load_model
-from token_shards import DataError
+from token_shards import DataError, download_once
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_CACHE_DIR = Path("~/.cache/gpt-workbench/hellaswag")
@@ -75,18 +72,8 @@ def hellaswag_file(path=None, cache_dir=HELLASWAG_CACHE_DIR):
                             f"hellaswag_val.jsonl, or leave hellaswag_path unset to download it from {HELLASWAG_URL}.")
         return path
     cached = Path(cache_dir).expanduser() / "hellaswag_val.jsonl"
-    if not cached.is_file():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(f".tmp_{cached.name}.{os.getpid()}")
-        print(f"downloading HellaSwag validation data to {cached}")
-        try:
-            urllib.request.urlretrieve(HELLASWAG_URL, partial)
-        except (urllib.error.URLError, OSError) as error:
-            partial.unlink(missing_ok=True)
-            raise DataError(f"Downloading {HELLASWAG_URL} failed ({error}). Download it some other way and set "
-                            f"hellaswag_path to the file, or put it at {cached}.") from None
-        os.replace(partial, cached)  # atomic: a half-downloaded file is never taken for the data
-    return cached
+    return download_once(HELLASWAG_URL, cached, f"Download it some other way and set hellaswag_path to the file, "
+                                                f"or put it at {cached}.")
 
 
 def load_hellaswag(path, limit=None):

@@ -12,10 +12,14 @@ complete dataset and a failed or interrupted preparation never damages one that 
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from training_logger import write_json_atomically
 
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")
@@ -86,7 +90,7 @@ def write_dataset(out_dir, train_token_arrays, val_token_arrays, tokenizer_meta,
             "train_shards": [final.name for _, final in written["train"]],
             "val_shards": [final.name for _, final in written["val"]],
             "train_tokens": train_tokens, "val_tokens": val_tokens, "dtype": "uint16"}
-    _write_json_atomically(out_dir / "meta.json", meta)
+    write_json_atomically(out_dir / "meta.json", meta)
     return read_dataset(out_dir)
 
 
@@ -134,10 +138,22 @@ def _checked_tokens(tokens, vocab_size, split):
     return tokens.astype(TOKEN_DTYPE, copy=False).ravel()
 
 
-def _write_json_atomically(path, obj):
-    temporary = path.with_name(f".tmp_{path.name}")
-    temporary.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(temporary, path)
+def download_once(url, path, alternative):
+    """Downloads url to path unless path exists; a half-downloaded file never takes its place.
+    alternative: what the user can do instead, for the error when the download fails."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".tmp_{path.name}.{os.getpid()}")
+    print(f"downloading {url} to {path}")
+    try:
+        urllib.request.urlretrieve(url, partial)
+    except (urllib.error.URLError, OSError) as error:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"Downloading {url} failed ({error}). {alternative}") from None
+    os.replace(partial, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- reading

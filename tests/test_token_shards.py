@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from token_shards import REPO_ROOT, DataError, check_enough_tokens, prepare_command, read_dataset, write_dataset
+from token_shards import (REPO_ROOT, DataError, check_enough_tokens, download_once, prepare_command, read_dataset,
+                          write_dataset)
 
 CHAR_META = {"tokenizer": "char", "vocab_size": 5, "chars": "abcde"}
 
@@ -106,3 +107,16 @@ def test_check_enough_tokens(tmp_path):
     check_enough_tokens(info, block_size=19)
     with pytest.raises(DataError, match=r"val split .* block_size\+1 = 21 tokens \(it has 20 tokens"):
         check_enough_tokens(info, block_size=20)
+
+
+def test_download_once_fetches_once_and_leaves_nothing_half_written(tmp_path):
+    source = tmp_path / "source.txt"
+    source.write_text("hello")
+    target = tmp_path / "cache" / "input.txt"
+    assert download_once(source.as_uri(), target, "unused") == target and target.read_text() == "hello"
+    source.write_text("changed")
+    download_once(source.as_uri(), target, "unused")
+    assert target.read_text() == "hello"  # an existing file is never fetched again
+    with pytest.raises(DataError, match="failed .*Use --input PATH instead."):
+        download_once((tmp_path / "missing.txt").as_uri(), tmp_path / "other.txt", "Use --input PATH instead.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "source.txt"]

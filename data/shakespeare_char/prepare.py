@@ -11,12 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for token_shards and tokenizer
 
 import argparse
-import os
-import urllib.error
-import urllib.request
 
 from data.text.prepare import prepare as prepare_text, run_and_report
-from token_shards import DataError
+from token_shards import download_once
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 HERE = Path(__file__).resolve().parent
@@ -26,23 +23,10 @@ def prepare(input_path=None, out_dir=HERE, tokenizer="char"):
     """Writes Tiny Shakespeare (input_path, or downloaded when None) as a dataset in out_dir."""
     if input_path is None:
         input_path = Path(out_dir) / "input.txt"
-        download_once(TINY_SHAKESPEARE_URL, input_path)
+        download_once(TINY_SHAKESPEARE_URL, input_path,
+                      "Download it some other way and pass the file with --input PATH.")
     # one document, so one worker: more processes would only add start-up time
     return prepare_text([input_path], out_dir, tokenizer=tokenizer, val_fraction=0.1, num_proc=1)
-
-
-def download_once(url, path):
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".tmp_{path.name}")
-    try:
-        urllib.request.urlretrieve(url, partial)
-    except (urllib.error.URLError, OSError) as error:
-        partial.unlink(missing_ok=True)
-        raise DataError(f"Downloading {url} failed ({error}). Download it some other way and pass the file "
-                        "with --input PATH.") from None
-    os.replace(partial, path)
 
 
 def main(prepare_function, default_out_dir, description):
