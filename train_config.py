@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from model_config import ConfigError, ModelConfig
 from hf_interop import check_init_from
 from optimizers import check_optimizer_options
-from pruning import check_pruning_options
+from pruning import check_pruning_options, pruning_method_for
 from training_logger import LOGGER_BACKENDS, missing_backend_packages
 
 DATA_LOADERS = ("random", "sequential")
@@ -144,6 +144,7 @@ class TrainConfig:
         if self.use_zero1 and self.use_fsdp:
             raise ConfigError("use_zero1=True and use_fsdp=True were both set: FSDP already shards optimizer "
                               "state; choose one.")
+        check_sharding_supports(self)
         if self.data_loader not in DATA_LOADERS:
             raise ConfigError(f"data_loader={self.data_loader!r} is not accepted. "
                               f"Accepted values: {', '.join(DATA_LOADERS)}.")
@@ -167,6 +168,23 @@ class TrainConfig:
                               "token) or a positive number.")
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip={self.grad_clip!r} is invalid: use a positive norm, or 0 to disable.")
+
+
+def check_sharding_supports(t):
+    """ZeroRedundancyOptimizer rebuilds the optimizer from its `defaults` and hides its methods, so
+    AdamWSPAM and AdamWPrune would silently lose their options and hooks; pruning reads whole
+    parameters and their Adam moments, which ZeRO-1 and FSDP shard across ranks."""
+    sharding = "use_zero1=True" if t.use_zero1 else "use_fsdp=True" if t.use_fsdp else None
+    if sharding is None:
+        return
+    if t.use_zero1 and t.optimizer != "adamw":
+        raise ConfigError(f"optimizer={t.optimizer!r} does not work with use_zero1=True: ZeRO-1 rebuilds the "
+                          f"optimizer without its own options and hooks. Use optimizer='adamw' with ZeRO-1, or "
+                          f"{t.optimizer} with DDP (the default){' or FSDP' if t.optimizer == 'adamwspam' else ''}.")
+    if pruning_method_for(t) != "none":
+        raise ConfigError(f"pruning_method={pruning_method_for(t)!r} does not work with {sharding}: the pruner "
+                          f"ranks whole parameters and their optimizer state, which are sharded across ranks. "
+                          f"Prune with DDP (the default: no use_zero1, no use_fsdp).")
 
 
 def check_logger_backends(backends):

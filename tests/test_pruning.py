@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from configurator import load_config
 from model_builder import build_model
 from model_config import ConfigError, ModelConfig
 from optimizers import AdamWPrune, build_optimizer
@@ -175,3 +176,17 @@ def test_masks_and_scores_resume_exactly_and_the_checkpoint_keeps_its_sparsity(t
     total = sum(w.numel() for w in prunable_weights(evaluated).values())
     assert zeros / total == pytest.approx(straight_pruner.sparsity_report()["sparsity_actual"])
     assert abs(zeros / total - 0.6) < 0.01
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--use_zero1=True", "--optimizer=adamwspam"], "optimizer='adamwspam' does not work with use_zero1=True"),
+    (["--use_zero1=True", "--optimizer=adamwprune"], "optimizer='adamwprune' does not work with use_zero1=True"),
+    (["--use_zero1=True", "--pruning_method=magnitude", "--target_sparsity=0.5"],
+     "pruning_method='magnitude' does not work with use_zero1=True"),
+    (["--use_fsdp=True", "--optimizer=adamwprune"], "pruning_method='state' does not work with use_fsdp=True"),
+])
+def test_sharded_strategies_refuse_what_they_would_silently_break(options, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(options)
+    for accepted in (["--use_zero1=True"], ["--use_fsdp=True", "--optimizer=adamwspam"]):
+        load_config(accepted)
