@@ -32,10 +32,14 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def clean_name(name):
+    """A parameter's name as the plain model has it, whatever wraps the model or its blocks
+    (torch.compile, DDP, activation checkpointing)."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_COMPONENTS)
+
+
 def clean_state_dict(state_dict):
-    """Parameter names as the plain model has them, whatever wrapped it when it was saved."""
-    return {".".join(part for part in name.split(".") if part not in _WRAPPER_COMPONENTS): tensor
-            for name, tensor in state_dict.items()}
+    return {clean_name(name): tensor for name, tensor in state_dict.items()}
 
 
 # ---------------------------------------------------------------- writing and reading files

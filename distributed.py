@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from checkpointing import clean_name
+
 STRATEGIES = ("ddp", "zero1", "fsdp")
 
 
@@ -203,8 +205,9 @@ def _steps_beside_parameters(optimizer):
 
 
 def _param_names(model, optimizer):
-    """Names in the order of the optimizer's parameter indices (group by group)."""
-    name_of = {id(p): name for name, p in model.named_parameters()}
+    """Plain names (see checkpointing.clean_name) in the order of the optimizer's parameter indices
+    (group by group), so a state saved with activation checkpointing on loads with it off."""
+    name_of = {id(p): clean_name(name) for name, p in model.named_parameters()}
     groups = optimizer.param_groups
     return [name_of[id(p)] for group in groups for p in group["params"]]
 
@@ -216,8 +219,9 @@ def _named(indexed_state, names):
 
 def _indexed(named_state, names):
     index = {name: i for i, name in enumerate(names)}
-    return {"state": {index[name]: s for name, s in named_state["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in named_state["param_groups"]]}
+    return {"state": {index[clean_name(name)]: s for name, s in named_state["state"].items()},
+            "param_groups": [{**g, "params": [index[clean_name(n)] for n in g["params"]]}
+                             for g in named_state["param_groups"]]}
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ exactly 0 (0 / (0 + eps)) and a weight decay of 0, so pruned weights stay exactl
 import torch
 from torch import nn
 
+from checkpointing import clean_name
 from model_config import ConfigError, _choice_message
 from optimizers import AdamWPrune, effective_max_iters
 
@@ -31,7 +32,7 @@ SCHEDULES = ("cubic", "linear")
 
 def prunable_weights(model):
     """{parameter name: weight} of every nn.Linear inside model.blocks, named as in model.state_dict()."""
-    return {f"blocks.{name}.weight": module.weight for name, module in model.blocks.named_modules()
+    return {clean_name(f"blocks.{name}.weight"): module.weight for name, module in model.blocks.named_modules()
             if isinstance(module, nn.Linear)}
 
 

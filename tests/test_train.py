@@ -97,6 +97,20 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, char_data, lo
     assert losses("straight") == losses("split") and len(losses("straight")) == 12
 
 
+def test_resume_switches_activation_checkpointing_with_pruning_state_intact(tmp_path, char_data):
+    # the checkpoint wrapper renames parameters; optimizer state and masks are saved under plain names
+    common = ["--batch_size=4", "--eval_interval=100", "--pruning_method=magnitude", "--target_sparsity=0.5",
+              "--pruning_warmup=0", "--pruning_ramp_end=4", "--pruning_frequency=2", "--lr_decay_iters=8"]
+    train(tmp_path, char_data, "--run_name=ac", "--max_iters=4", "--activation_checkpointing=full", *common)
+    train(tmp_path, char_data, "--run_name=ac", "--max_iters=6", "--resume=latest", "--activation_checkpointing=none",
+          *common)
+    state = load_checkpoint(tmp_path / "checkpoints" / "ac" / "latest.pt")
+    assert not any("_checkpoint_wrapped_module" in name for name in state["optimizer"]["state"])
+    pruned = [w for name, w in state["model"].items() if name.startswith("blocks.") and w.dim() == 2]
+    zeros = sum((w == 0).sum().item() for w in pruned) / sum(w.numel() for w in pruned)
+    assert zeros == pytest.approx(0.5, abs=0.01)  # the target, reached at step 4 and kept after the resume
+
+
 def test_sigterm_saves_latest_and_resume_continues_at_the_next_step(tmp_path, char_data):
     command = [sys.executable, str(REPO_ROOT / "train.py"), f"--data_dir={char_data}", "--dataset=shakespeare_char",
                f"--out_dir={tmp_path / 'runs'}", f"--checkpoint_dir={tmp_path / 'checkpoints'}", *TINY_RUN,
