@@ -26,7 +26,7 @@ from distributed import DistInfo
 from model_config import ConfigError
 from token_shards import read_dataset
 from train_step import train_step
-from training_setup import build_step_parts
+from training_setup import accumulation_for, build_step_parts
 
 
 def parse_args(argv):
@@ -73,10 +73,17 @@ def measure(config, device, dtype, args):
     next_batch = batch_source(config, device, args.data)
     cuda = device.startswith("cuda")
 
+    accumulation_steps = accumulation_for(t, config.model.block_size, world_size=1)
+    steps_done = 0
+
     def step():
-        result = train_step(parts.step_model, parts.optimizer, next_batch, t.gradient_accumulation_steps,
+        nonlocal steps_done
+        result = train_step(parts.step_model, parts.optimizer, next_batch, accumulation_steps,
                             parts.autocast, t.grad_clip, parts.scaler, parts.pruner,
                             loss_chunk_rows=t.loss_chunk_rows)
+        steps_done += 1
+        if parts.pruner:  # as train.py's loop: masks tighten on the schedule, so timed steps run sparse
+            parts.pruner.after_step(parts.optimizer, steps_done)
         return result.loss.item()  # the loop's per-step loss check, a sync, as train.py does
 
     for _ in range(args.warmup):
@@ -91,14 +98,15 @@ def measure(config, device, dtype, args):
     seconds = (time.perf_counter() - start) / args.steps
     if args.profile:
         write_profile(step, args.out)
-    tokens_per_step = t.batch_size * config.model.block_size * t.gradient_accumulation_steps
+    tokens_per_step = t.batch_size * config.model.block_size * accumulation_steps
     flops = parts.model.flops_per_token(config.model.block_size)["total"]
-    peak = t.peak_tflops or getattr(hardware.peak_tflops(hardware.device_name(device), dtype), "tflops", None)
+    peak = hardware.run_peak_tflops(t.peak_tflops, hardware.device_name(device), dtype)
     result = {"arch": config.model.arch_name, "batch_size": t.batch_size, "ms_per_step": 1000 * seconds,
               "tokens_per_sec": tokens_per_step / seconds,
               "mfu": hardware.mfu(flops, tokens_per_step / seconds, peak),
               "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-              "final_loss": losses[-1], "params": parts.model.num_params(non_embedding=False)}
+              "final_loss": losses[-1], "params": parts.model.num_params(non_embedding=False),
+              "sparsity": parts.pruner.sparsity_report()["sparsity_actual"] if parts.pruner else None}
     del parts
     if cuda:
         torch.cuda.empty_cache()

@@ -159,6 +159,11 @@ _GPU_PEAKS = [
 ]
 
 
+def run_peak_tflops(override, device_name, dtype_name):
+    """The peak a run's MFU is taken against: the peak_tflops option, else the table's figure, else None."""
+    return override or getattr(peak_tflops(device_name, dtype_name), "tflops", None)
+
+
 def peak_tflops(device_name: str, dtype_name: str, fp8: bool = False) -> PeakFlops | None:
     """One device's dense peak for the dtype; None for CPUs, MPS and GPUs not in the table.
 

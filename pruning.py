@@ -11,10 +11,10 @@ Prunable: every nn.Linear weight inside model.blocks; never embeddings, the LM h
 Sparsity follows sparsity_at(): 0 until pruning_warmup steps, the target at pruning_ramp_end, masks
 recomputed every pruning_frequency steps in between and fixed afterwards.
 
-In the training step (train_step.py):
-    pruner.before_clip()                after unscaling, before clip_grad_norm_: movement scores,
-                                        then gradients of pruned weights set to 0
-    pruner.after_step(optimizer, step)  after the optimizer step: masks updated when due
+In the training step (train_step.py) and the loops around it (train.py, bench.py):
+    pruner.before_clip()                in train_step, after unscaling, before clip_grad_norm_:
+                                        movement scores, then gradients of pruned weights set to 0
+    pruner.after_step(optimizer, step)  in the loop, after the step: masks updated when due
 When masks change they are applied to the weights and to both Adam moments. Between updates
 nothing else is needed: a weight with zero value, gradient and moments gets an AdamW update of
 exactly 0 (0 / (0 + eps)) and a weight decay of 0, so pruned weights stay exactly zero.

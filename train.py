@@ -33,7 +33,7 @@ from shutdown import GracefulShutdown
 from token_shards import DataError, check_enough_tokens, read_dataset
 from tokenizer import tokenizer_from_meta
 from train_step import train_step
-from training_setup import build_step_parts
+from training_setup import accumulation_for, build_step_parts
 from training_logger import TrainingLogger, format_console_line, git_commit
 
 
@@ -154,7 +154,7 @@ def setup(config, sources):
     # ---- logging and checkpoints
     run_name = t.run_name or f"{model_cfg.arch_preset}-{datetime.now():%Y%m%d-%H%M%S}"
     name = hardware.device_name(device)
-    peak = t.peak_tflops or getattr(hardware.peak_tflops(name, dtype), "tflops", None)
+    peak = hardware.run_peak_tflops(t.peak_tflops, name, dtype)
     logger = TrainingLogger(Path(t.out_dir) / run_name, run_record(config, model, flops, name, peak, dtype, dist),
                             backends=t.logger_backends, enabled=dist.is_main, project=t.logger_project)
     if dist.is_main:
@@ -476,19 +476,6 @@ def evaluation_data(t, dataset):
                           f"{t.dataset} uses the {tokenizer.name!r} tokenizer (HellaSwag's text has characters "
                           "outside it). Set hellaswag_interval=0, or train on a GPT-2 tokenized dataset.")
     return tokenizer, load_hellaswag(hellaswag_file(t.hellaswag_path, t.hellaswag_cache_dir), t.hellaswag_examples)
-
-
-def accumulation_for(t, block_size, world_size):
-    """Micro-steps per optimizer step; with total_batch_size the global batch in tokens stays what
-    the config says whatever the number of ranks."""
-    if t.total_batch_size is None:
-        return t.gradient_accumulation_steps
-    micro_tokens = t.batch_size * block_size * world_size
-    if t.total_batch_size % micro_tokens:
-        raise ConfigError(f"total_batch_size={t.total_batch_size} tokens is not a multiple of one micro-batch "
-                          f"on all ranks (batch_size * block_size * world_size = {micro_tokens} tokens); use e.g. "
-                          f"{micro_tokens * max(1, round(t.total_batch_size / micro_tokens))}.")
-    return t.total_batch_size // micro_tokens
 
 
 def run_record(config, model, flops, device_name, peak, dtype, dist):

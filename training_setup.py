@@ -14,6 +14,7 @@ import torch.nn as nn
 import distributed
 import hardware
 from memory_estimate import materialize
+from model_config import ConfigError
 from optimizers import build_optimizer
 from pruning import build_pruner
 
@@ -102,3 +103,16 @@ def select_attention_kernel(kernel, device):
         return
     for name, flag in _SDPA_FLAGS.items():
         getattr(torch.backends.cuda, flag)(name in (kernel, "math"))
+
+
+def accumulation_for(t, block_size, world_size):
+    """Micro-steps per optimizer step; with total_batch_size the global batch in tokens stays what
+    the config says whatever the number of ranks."""
+    if t.total_batch_size is None:
+        return t.gradient_accumulation_steps
+    micro_tokens = t.batch_size * block_size * world_size
+    if t.total_batch_size % micro_tokens:
+        raise ConfigError(f"total_batch_size={t.total_batch_size} tokens is not a multiple of one micro-batch "
+                          f"on all ranks (batch_size * block_size * world_size = {micro_tokens} tokens); use e.g. "
+                          f"{micro_tokens * max(1, round(t.total_batch_size / micro_tokens))}.")
+    return t.total_batch_size // micro_tokens
