@@ -177,7 +177,8 @@ def setup(config, sources):
 def train(run):
     t, progress = run.config.train, run.progress
     clock = checkpointing.CheckpointClock(t.checkpoint_interval, t.rolling_checkpoint_interval, t.checkpoint_minutes)
-    last_log_time, steps_since_log = time.perf_counter(), 0
+    # log lines report the steps alone: evaluation, samples and checkpoint writes are left out
+    seconds_at_last_log, steps_since_log = progress.train_seconds, 0
     with GracefulShutdown() as shutdown:
         while progress.step < run.max_iters and not epochs_done(run):
             if progress.step % t.eval_interval == 0:
@@ -204,9 +205,9 @@ def train(run):
             progress.train_seconds += time.perf_counter() - step_start
             steps_since_log += 1
             if (progress.step - 1) % t.log_interval == 0 or progress.step == run.max_iters:
-                now = time.perf_counter()
-                log_train_step(run, loss, lr, result.grad_norm.item(), (now - last_log_time) / steps_since_log)
-                last_log_time, steps_since_log = now, 0
+                seconds_per_step = (progress.train_seconds - seconds_at_last_log) / steps_since_log
+                log_train_step(run, loss, lr, result.grad_norm.item(), seconds_per_step)
+                seconds_at_last_log, steps_since_log = progress.train_seconds, 0
             save_due_checkpoints(run, clock)
             if stop_requested:
                 save_latest(run, clock)
@@ -228,7 +229,8 @@ def train(run):
 
 
 def step_consensus(run, loss, stop_requested):
-    values = torch.stack([loss.float(), torch.tensor(float(bool(stop_requested)), device=loss.device)])
+    # new_full, not torch.tensor(..., device=cuda): a host-to-device copy would wait for the step
+    values = torch.stack([loss.float(), loss.new_full((), float(bool(stop_requested)), dtype=torch.float32)])
     values = distributed.mean_across_ranks(values, run.dist).tolist()
     return values[0], values[1] > 0
 

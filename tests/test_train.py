@@ -111,6 +111,15 @@ def test_resume_switches_activation_checkpointing_with_pruning_state_intact(tmp_
     assert zeros == pytest.approx(0.5, abs=0.01)  # the target, reached at step 4 and kept after the resume
 
 
+def test_logged_step_time_leaves_evaluation_out(tmp_path, char_data):
+    # an evaluation of 2 x 40 batches between steps 8 and 9 costs many steps' time; step 9's line must not show it
+    train(tmp_path, char_data, "--run_name=timing", "--max_iters=12", "--eval_interval=8", "--eval_iters=40",
+          "--batch_size=4", "--sample_interval=0")
+    step_ms = {e["step"]: e["step_ms"] for e in events(tmp_path, "timing", "train")}
+    typical = sorted(step_ms.values())[len(step_ms) // 2]
+    assert step_ms[9] < 5 * typical, step_ms
+
+
 def test_sigterm_saves_latest_and_resume_continues_at_the_next_step(tmp_path, char_data):
     command = [sys.executable, str(REPO_ROOT / "train.py"), f"--data_dir={char_data}", "--dataset=shakespeare_char",
                f"--out_dir={tmp_path / 'runs'}", f"--checkpoint_dir={tmp_path / 'checkpoints'}", *TINY_RUN,
