@@ -81,9 +81,10 @@ class GPT(nn.Module):
             if isinstance(projection, nn.Linear):
                 nn.init.normal_(projection.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
-    def forward(self, idx, targets=None, kv_caches=None, start_pos=0, loss_chunk_rows=0):
+    def forward(self, idx, targets=None, kv_caches=None, start_pos=0, loss_chunk_rows=0, last_only=False):
         """(logits, loss). With targets and loss_chunk_rows > 0 the loss is computed chunk by chunk
-        without the whole batch's logits (see linear_cross_entropy.py), and logits is None."""
+        without the whole batch's logits (see linear_cross_entropy.py), and logits is None. last_only
+        (without targets): the logits of the last position alone, (B, 1, vocab), as generation needs."""
         T = idx.shape[1]
         if start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.config.block_size}")
@@ -96,6 +97,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, self.position, positions, kv_caches[i] if kv_caches is not None else None)
         x = self.final_norm(x)
+        if last_only:  # generation needs the next token's logits only, not the prompt's
+            x = x[:, -1:]
         if targets is not None and loss_chunk_rows:
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, chunk_rows=loss_chunk_rows)
         logits = self.lm_head(x)
@@ -127,7 +130,7 @@ class GPT(nn.Module):
                 # (re)fill the cache from the last block_size tokens when the window slides
                 next_input = idx[:, -block_size:]
                 kv_caches, start_pos = [KVCache() for _ in self.blocks], 0
-            logits, _ = self(next_input, kv_caches=kv_caches, start_pos=start_pos)
+            logits, _ = self(next_input, kv_caches=kv_caches, start_pos=start_pos, last_only=True)
             start_pos += next_input.shape[1]
             next_token = sample_next_token(logits[:, -1, :vocab_size], temperature, top_k)
             idx = torch.cat((idx, next_token), dim=1)

@@ -137,3 +137,12 @@ def test_rmlp_is_initialised_like_the_standard_mlp():
     assert model.blocks[3].ffn.down_proj.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert model.blocks[3].attn.out_proj.weight.std().item() == pytest.approx(expected, rel=0.05)
     assert model.blocks[3].ffn.rec_up_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_last_only_gives_the_last_positions_logits_alone():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("llama", n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+    idx = torch.randint(0, 50, (2, 9))
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, 50) and torch.allclose(last, full[:, -1:], atol=1e-6)
