@@ -69,8 +69,9 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """mmap: tensors stay on disk until touched (for reading a checkpoint's small fields)."""
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 # ---------------------------------------------------------------- random number generators
@@ -193,13 +194,6 @@ def load_for_resume(candidates):
     raise CheckpointError("no checkpoint could be loaded. Tried: " + "; ".join(tried) + ".")
 
 
-def architecture_conflicts(checkpoint_model_config, requested_model_config, explicit_keys):
-    """(key, checkpoint value, requested value) for architecture keys set explicitly to something
-    the checkpoint contradicts. The checkpoint wins: its weights have that shape."""
-    return [(key, saved, requested_model_config[key]) for key, saved in checkpoint_model_config.items()
-            if key in explicit_keys and requested_model_config.get(key) != saved]
-
-
 # ---------------------------------------------------------------- listing
 
 def describe_checkpoints(folder):
@@ -209,7 +203,7 @@ def describe_checkpoints(folder):
         size = f"{path.stat().st_size / 2**20:.1f} MiB"
         written = datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = load_checkpoint(path, mmap=True)
         except Exception as error:
             rows.append((path.name, "?", "?", "?", f"unreadable ({type(error).__name__})", size, written))
             continue

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training_logger import read_metrics
+from training_logger import format_eta, read_metrics
 
 FORMATS = ("png", "svg")
 FINISHED, UNFINISHED = "finished", "running or crashed"
@@ -168,7 +168,7 @@ COLUMNS = [  # (row key, header, format)
     ("mfu", "MFU", lambda v: f"{100 * v:.1f}%"),
     ("peak_memory_mib", "peak memory", lambda v: f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"),
     ("hellaswag_acc_norm", "HellaSwag acc_norm", lambda v: f"{v:.4f}"),
-    ("wall_seconds", "wall time", lambda v: format_duration(v)),
+    ("wall_seconds", "wall time", format_eta),
     ("tokens", "tokens", lambda v: format_count(v, "kMBT")),
     ("status", "status", str),
 ]
@@ -195,12 +195,6 @@ def format_count(value, suffixes):
         if abs(value) >= 1000 ** power:
             return f"{value / 1000 ** power:.2f}{suffix}"
     return f"{value:g}"
-
-
-def format_duration(seconds):
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 # ---------------------------------------------------------------- plots

@@ -1,7 +1,8 @@
 """Evaluation: loss estimates on held-out and training data, HellaSwag, and text samples.
 
 HellaSwag (Zellers et al. 2019) on its validation split, scored completion style as in the
-reference implementations (Karpathy's llm.c/build-nanogpt hellaswag.py, lm-evaluation-harness):
+reference implementation (Karpathy's llm.c/build-nanogpt hellaswag.py; lm-evaluation-harness
+normalises acc_norm by characters instead, so its figures differ):
 the model reads the context followed by each of the 4 candidate endings (" " + ending) and we
 sum the log-probabilities of the ending's tokens.
   acc       the ending with the highest summed log-likelihood is the prediction

@@ -7,7 +7,9 @@
 A token file is a flat array of little-endian uint16 token ids, no header, so nanoGPT-style code can
 read it with np.memmap(path, dtype=np.uint16, mode="r"). Every file is written under a temporary name
 and renamed into place, and meta.json only after all token files, so a folder with a meta.json is a
-complete dataset and a failed or interrupted preparation never damages one that was already there.
+complete dataset. A failed or interrupted tokenisation never touches the dataset already there; an
+interruption during the final renames (a moment) leaves the folder without meta.json, which reads
+as incomplete and is prepared again, never as a mix of old and new files.
 """
 import json
 import os

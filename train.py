@@ -58,7 +58,7 @@ class Run:
     dist: distributed.DistInfo
     strategy: str  # ddp | zero1 | fsdp (ddp, and nothing to wrap, in a single process)
     device: str
-    dtype: str
+    git_commit: str | None  # the checkout's commit, read once: checkpoints record it
     model: torch.nn.Module  # the plain model: checkpoints, generation
     step_model: torch.nn.Module  # what the step runs: compiled and/or wrapped
     optimizer: torch.optim.Optimizer
@@ -155,12 +155,14 @@ def setup(config, sources):
     run_name = t.run_name or f"{model_cfg.arch_preset}-{datetime.now():%Y%m%d-%H%M%S}"
     name = hardware.device_name(device)
     peak = hardware.run_peak_tflops(t.peak_tflops, name, dtype)
-    logger = TrainingLogger(Path(t.out_dir) / run_name, run_record(config, model, flops, name, peak, dtype, dist),
+    commit = git_commit()
+    logger = TrainingLogger(Path(t.out_dir) / run_name,
+                            run_record(config, model, flops, name, peak, dtype, dist, commit),
                             backends=t.logger_backends, enabled=dist.is_main, project=t.logger_project)
     if dist.is_main:
         print_startup(config, sources, model, flops, name, dtype, peak, accumulation_steps, train_loader, dist,
                       parts.strategy, parts.pruner)
-    run = Run(config=config, dist=dist, strategy=parts.strategy, device=device, dtype=dtype, model=model,
+    run = Run(config=config, dist=dist, strategy=parts.strategy, device=device, git_commit=commit, model=model,
               step_model=parts.step_model, optimizer=parts.optimizer, pruner=parts.pruner,
               max_iters=effective_max_iters(t), scaler=parts.scaler, autocast=parts.autocast, dataset=dataset,
               train_loader=train_loader, accumulation_steps=accumulation_steps,
@@ -393,7 +395,7 @@ def training_state(run):
             "pruning": run.pruner.state_dict() if run.pruner else None,
             "progress": dataclasses.asdict(run.progress), "epoch": run.progress.epoch,
             "best_val_loss": run.progress.best_val_loss, "data_loader": run.train_loader.state_dict(),
-            "rng": distributed.gather_objects(checkpointing.rng_state(), run.dist), "git_commit": git_commit(),
+            "rng": distributed.gather_objects(checkpointing.rng_state(), run.dist), "git_commit": run.git_commit,
             "saved_at": datetime.now().isoformat(timespec="seconds")}
 
 
@@ -480,13 +482,13 @@ def evaluation_data(t, dataset):
     return tokenizer, load_hellaswag(hellaswag_file(t.hellaswag_path, t.hellaswag_cache_dir), t.hellaswag_examples)
 
 
-def run_record(config, model, flops, device_name, peak, dtype, dist):
+def run_record(config, model, flops, device_name, peak, dtype, dist, commit):
     return {"config": config.to_dict(), "arch_name": config.model.arch_name, "world_size": dist.world_size,
             "effective_max_iters": effective_max_iters(config.train),
             "params": model.num_params(non_embedding=False),
             "params_non_embedding": model.num_params(non_embedding=True),
             "flops_per_token": flops, "device_name": device_name, "dtype": dtype, "peak_tflops": peak,
-            "torch_version": torch.__version__, "git_commit": git_commit(),
+            "torch_version": torch.__version__, "git_commit": commit,
             "started": datetime.now().isoformat(timespec="seconds")}
 
 

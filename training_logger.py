@@ -8,7 +8,7 @@
     wandb/          Weights & Biases' local files, when "wandb" is among the backends
 
 metrics.jsonl is always written; logger_backends adds tensorboard, wandb and trackio, each of
-which gets the same scalars (<kind>/<field>) and text samples. Only standard JSON is written:
+which gets the same scalars (<kind>/<field>); tensorboard and wandb also get text samples. Only standard JSON is written:
 tensors and numpy numbers become Python numbers, NaN and infinities become null.
 """
 import importlib.util
@@ -19,15 +19,13 @@ import re
 import subprocess
 from pathlib import Path
 
-LOGGER_BACKENDS = ("tensorboard", "wandb", "trackio")
-_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+LOGGER_BACKENDS = ("tensorboard", "wandb", "trackio")  # each one's package has its name
 
 
 def missing_backend_packages(backends) -> list[str]:
     """The packages of the chosen backends that are not installed (tensorboard only warns: it is
     the default, and a run without it still has metrics.jsonl)."""
-    return [_PACKAGES[name] for name in backends
-            if name != "tensorboard" and importlib.util.find_spec(_PACKAGES[name]) is None]
+    return [name for name in backends if name != "tensorboard" and importlib.util.find_spec(name) is None]
 
 
 class TrainingLogger:

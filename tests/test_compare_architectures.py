@@ -86,7 +86,7 @@ def test_table_numbers(runs_dir, tmp_path):
     assert table[2] == ("| alpha | 2L-gpt2 | gpt2 | 1.50M | 9.00M | 2.4000 | 2.6000 | 2.5000 | 2,000 | 20.0% | "
                         "300 MiB | 0.3100 | 2m05s | 40.00k | finished |")
     assert table[3] == ("| beta | 2L-llama | llama | 2.00M | 1.20G | 2.0000 | 2.0000 | 2.1000 | 600 | n/a | "
-                        "70 MiB | n/a | 0m05s | 30.00k | running or crashed |")
+                        "70 MiB | n/a | 5s | 30.00k | running or crashed |")
 
 
 def test_plots_exist_and_decode(runs_dir, tmp_path):
