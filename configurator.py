@@ -168,12 +168,17 @@ MACHINE_KEYS = {"use_zero1", "use_fsdp", "fsdp_reshard_after_forward", "dist_tim
                 "dry_run", "ignore_memory_check", "auto_batch_size"}
 
 
+def explicit_keys(sources):
+    """The keys set in a config file or on the command line, not by a default or a preset."""
+    return {key for key, source in sources.items() if not str(source).startswith(("default", "preset"))}
+
+
 def merge_resumed_config(config, sources, saved):
     """The configuration of a resumed run: the checkpoint's architecture wins (its weights have that
     shape; each explicit conflict is returned for a warning), and its training options are kept
     unless set explicitly now (so --resume=latest --max_iters=N extends a run deliberately).
     Returns (config, sources, conflicts as (key, saved value, requested value))."""
-    explicit = {key for key, source in sources.items() if not source.startswith(("default", "preset"))}
+    explicit = explicit_keys(sources)
     requested_model = config.model.to_dict()
     conflicts = [(key, value, requested_model[key]) for key, value in saved["model"].items()
                  if key in explicit and requested_model.get(key) != value]

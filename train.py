@@ -23,7 +23,7 @@ import checkpointing
 import distributed
 import hardware
 import memory_estimate
-from configurator import describe_changes, load_config_or_exit, merge_resumed_config
+from configurator import describe_changes, explicit_keys, load_config_or_exit, merge_resumed_config
 from data_loader import make_loader
 from evaluation import estimate_loss, evaluate_hellaswag, generate_sample, hellaswag_file, load_hellaswag, perplexity
 from hf_interop import check_dataset_fits, from_hf
@@ -451,15 +451,13 @@ def list_checkpoints(argv):
 def explicit_model_options(model_cfg, sources):
     """ModelConfig values set in a config file or on the command line (not defaults or preset values)."""
     fields = {f.name for f in dataclasses.fields(model_cfg)}
-    return {key: getattr(model_cfg, key) for key, source in sources.items()
-            if key in fields and not str(source).startswith(("default", "preset"))}
+    return {key: getattr(model_cfg, key) for key in explicit_keys(sources) if key in fields}
 
 
 def fit_vocab(model_cfg, dataset_vocab, sources, pad):
     """The dataset decides the vocabulary unless vocab_size was set by hand; padding to a multiple
     of 64 makes the embedding and LM-head matmuls tensor-core friendly (50257 -> 50304)."""
-    explicit = not str(sources.get("vocab_size", "default")).startswith(("default", "preset"))
-    if explicit:
+    if "vocab_size" in explicit_keys(sources):
         if model_cfg.vocab_size < dataset_vocab:
             raise ConfigError(f"vocab_size={model_cfg.vocab_size} is smaller than the dataset's vocabulary "
                               f"of {dataset_vocab} tokens; remove the setting or raise it.")
