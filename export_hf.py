@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from checkpointing import BEST, LATEST, clean_state_dict, load_checkpoint
+from checkpointing import BEST, LATEST, load_checkpoint
 from hf_interop import to_hf
-from model_builder import build_model
-from model_config import ConfigError, ModelConfig
+from model_config import ConfigError
+from sample import model_from_checkpoint
 from token_shards import DataError
 
 
@@ -40,9 +40,7 @@ def checkpoint_path(args):
 
 def export(path, out_dir):
     checkpoint = load_checkpoint(path)
-    model = build_model(ModelConfig(**checkpoint["model_config"]))
-    model.load_state_dict(clean_state_dict(checkpoint["model"]))
-    return to_hf(model, out_dir, checkpoint.get("tokenizer")), checkpoint
+    return to_hf(model_from_checkpoint(checkpoint), out_dir, checkpoint.get("tokenizer")), checkpoint
 
 
 def main(argv):

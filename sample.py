@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import hardware
-from checkpointing import load_checkpoint
+from checkpointing import BEST, LATEST, clean_state_dict, load_checkpoint
 from model_builder import build_model
 from model_config import ModelConfig
 from tokenizer import tokenizer_from_meta
@@ -33,7 +33,7 @@ def parse_args(argv):
 
 
 def checkpoint_path(args):
-    named = {"latest": "latest.pt", "best": "best_model.pt"}
+    named = {"latest": LATEST, "best": BEST}
     if args.checkpoint in named:
         if not args.run:
             sys.exit(f"Error: --checkpoint={args.checkpoint} needs --run=NAME (a folder in {args.checkpoints_dir}/), "
@@ -48,11 +48,16 @@ def prompt_text(start):
     return start
 
 
+def model_from_checkpoint(checkpoint):
+    """The plain GPT a checkpoint (as load_checkpoint returns it) holds, on the CPU."""
+    model = build_model(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(clean_state_dict(checkpoint["model"]))
+    return model
+
+
 def load_model(path, device):
     checkpoint = load_checkpoint(path)
-    model = build_model(ModelConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), tokenizer_from_meta(checkpoint["tokenizer"])
+    return model_from_checkpoint(checkpoint).to(device).eval(), tokenizer_from_meta(checkpoint["tokenizer"])
 
 
 def generate_samples(model, tokenizer, prompt, num_samples, max_new_tokens, temperature, top_k, device):
