@@ -194,8 +194,10 @@ def train(run):
                                 run.autocast, t.grad_clip, run.scaler, run.pruner, histograms_due(run),
                                 t.loss_chunk_rows)
             # one small all-reduce and one sync a step: the mean loss over ranks, checked every step
-            # (a NaN on any rank stops every rank), and whether any rank was asked to stop
-            loss, stop_requested = step_consensus(run, result.loss, shutdown.requested)
+            # (a NaN on any rank stops every rank), whether any rank was asked to stop, and whether
+            # latest.pt is due (checkpoint_minutes reads each rank's clock; all ranks must agree)
+            loss, stop_requested, latest_due = step_consensus(run, result.loss, shutdown.requested,
+                                                              clock.latest_due(progress.step + 1))
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the training loss became {loss} at step {progress.step} (lr {lr:.3g}). Lower learning_rate, "
@@ -210,16 +212,15 @@ def train(run):
                 seconds_per_step = (progress.train_seconds - seconds_at_last_log) / steps_since_log
                 log_train_step(run, loss, lr, result.grad_norm.item(), seconds_per_step)
                 seconds_at_last_log, steps_since_log = progress.train_seconds, 0
-            save_due_checkpoints(run, clock)
+            save_due_checkpoints(run, clock, latest=stop_requested or latest_due)
             if stop_requested:
-                save_latest(run, clock)
                 announce(run, f"stopped by {shutdown.requested or 'a signal to another rank'} after step "
                               f"{progress.step}; resume with:\n  python train.py --resume=latest "
                               f"--run_name={run.checkpoints.folder.name}")
                 return
     evaluate(run)
     final = evaluate_extras(run, final=True)
-    save_latest(run, clock)
+    save_due_checkpoints(run, clock, latest=True, rolling=False)
     summary = {"steps": progress.step, "tokens": progress.tokens, "epoch": progress.epoch,
                "best_val_loss": progress.best_val_loss, "best_step": progress.best_step,
                "train_seconds": progress.train_seconds, **final, **sparsity(run)}
@@ -230,11 +231,12 @@ def train(run):
                   f"checkpoints in {run.checkpoints.folder}")
 
 
-def step_consensus(run, loss, stop_requested):
+def step_consensus(run, loss, *flags):
+    """(mean loss over ranks, then each flag: True when any rank raised it)."""
     # new_full, not torch.tensor(..., device=cuda): a host-to-device copy would wait for the step
-    values = torch.stack([loss.float(), loss.new_full((), float(bool(stop_requested)), dtype=torch.float32)])
+    values = torch.stack([loss.float(), *(loss.new_full((), float(bool(f)), dtype=torch.float32) for f in flags)])
     values = distributed.mean_across_ranks(values, run.dist).tolist()
-    return values[0], values[1] > 0
+    return values[0], *(value > 0 for value in values[1:])
 
 
 def sparsity(run, per_layer=False):
@@ -358,17 +360,19 @@ def epochs_done(run):
     return t.max_epochs is not None and progress.epoch >= t.max_epochs
 
 
-def save_due_checkpoints(run, clock):
+def save_due_checkpoints(run, clock, latest, rolling=None):
+    """latest.pt when asked, a rolling checkpoint when its interval comes round (or as asked); the
+    training state (a gather of every rank's shards under FSDP and ZeRO-1) is built once for both."""
     step = run.progress.step
-    if clock.latest_due(step):
-        save_latest(run, clock)
-    if clock.rolling_due(step):
-        write(run, run.checkpoints.save_rolling, training_state(run), step)
-
-
-def save_latest(run, clock):
-    write(run, run.checkpoints.save_latest, training_state(run))
-    clock.mark_latest_written()
+    rolling = clock.rolling_due(step) if rolling is None else rolling
+    if not (latest or rolling):
+        return
+    state = training_state(run)
+    if latest:
+        write(run, run.checkpoints.save_latest, state)
+        clock.mark_latest_written()
+    if rolling:
+        write(run, run.checkpoints.save_rolling, state, step)
 
 
 def write(run, save, state, *args):
