@@ -11,14 +11,13 @@ the start-up printout can show it.
 """
 import ast
 import dataclasses
-import difflib
 import sys
 import traceback
 import types
 import typing
 from pathlib import Path
 
-from model_components import UnknownComponentError
+from model_components import UnknownComponentError, did_you_mean
 from model_config import PRESETS, ConfigError, ModelConfig
 from train_config import Config, TrainConfig
 
@@ -135,10 +134,8 @@ def _coerce(key, value, annotation, source):
 def _build(typed, sources):
     preset = typed.get("arch_preset", "custom")
     if preset not in PRESETS:
-        close = difflib.get_close_matches(str(preset), list(PRESETS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"arch_preset={preset!r} (from {sources.get('arch_preset')}) is not a preset. "
-                          f"Presets: {', '.join(PRESETS)}.{hint}")
+                          f"Presets: {', '.join(PRESETS)}.{did_you_mean(preset, PRESETS)}")
     model_values = {k: v for k, v in typed.items() if k in MODEL_FIELDS and k != "arch_preset"}
     train_values = {k: v for k, v in typed.items() if k in TRAIN_FIELDS}
     try:
@@ -191,9 +188,7 @@ def merge_resumed_config(config, sources, saved):
 
 
 def _unknown_key_message(key, where):
-    close = difflib.get_close_matches(key, list(ALL_FIELDS), n=3)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return (f"Unknown config key {key!r} in {where}.{hint} Known keys are the fields of ModelConfig "
+    return (f"Unknown config key {key!r} in {where}.{did_you_mean(key, ALL_FIELDS, n=3)} Known keys are the fields of ModelConfig "
             f"(model_config.py) and TrainConfig (train_config.py); config/arch_custom.py lists the "
             f"architecture options.")
 

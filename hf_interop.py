@@ -16,7 +16,6 @@ The GPT-2 tokenizer files written on export (vocab.json, merges.txt) are derived
 gpt2 encoding, whose ranks are OpenAI's token ids, so exporting needs no download.
 """
 import dataclasses
-import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 
 from checkpointing import clean_state_dict
 from model_builder import build_model
+from model_components import did_you_mean
 from model_config import ConfigError, ModelConfig
 from tokenizer import GPT2Tokenizer
 
@@ -91,8 +91,7 @@ def _local_folder(path):
     if (folder / "config.json").is_file():
         return folder
     accepted = ("scratch", "resume", *GPT2_HUB_NAMES)
-    close = difflib.get_close_matches(str(path), accepted, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(path, accepted)
     what = "has no config.json" if folder.is_dir() else "is not a folder"
     raise ConfigError(f"init_from={str(path)!r} {what}. Accepted: {', '.join(accepted)}, or the path of a "
                       f"Hugging Face model folder (config.json plus model.safetensors or pytorch_model.bin).{hint}")
@@ -214,9 +213,7 @@ def _with_overrides(cfg, overrides, source):
     fields = [f.name for f in dataclasses.fields(ModelConfig)]
     for key in overrides:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{key!r} is not a ModelConfig option.{hint}")
+            raise ConfigError(f"{key!r} is not a ModelConfig option.{did_you_mean(key, fields)}")
     contradictions = [f"{key}={value!r} (the weights have {key}={getattr(cfg, key)!r})"
                       for key, value in overrides.items()
                       if key not in FREE_OVERRIDES + ("block_size",) and value != getattr(cfg, key)]

@@ -42,6 +42,13 @@ class UnknownComponentError(ValueError):
     pass
 
 
+def did_you_mean(value, accepted, n=1):
+    """The end of an error message: ' Did you mean 'x'?' naming the closest accepted names (up to
+    n), or '' when none is close."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in accepted], n=n)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 class Registry:
     """Name -> component for one kind (the kind is also the config key that selects it)."""
 
@@ -69,10 +76,8 @@ class Registry:
         return self._components[name]
 
     def unknown_message(self, name):
-        close = difflib.get_close_matches(str(name), self.names(), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
         return (f"Unknown {self.kind} {name!r}. Registered {self.kind} names: "
-                f"{', '.join(self.names())}.{hint}")
+                f"{', '.join(self.names())}.{did_you_mean(name, self.names())}")
 
 
 NORMALIZATIONS = Registry("normalization")

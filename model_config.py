@@ -6,11 +6,10 @@ A preset fills in component choices; any option passed explicitly overrides it. 
 dataclass defaults alone, so every option is set by hand.
 """
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 
-from model_components import REGISTRIES, UnknownComponentError
+from model_components import REGISTRIES, UnknownComponentError, did_you_mean
 
 NORM_POSITIONS = ("pre", "post")
 KV_PRUNING = ("none", "fixed", "learned")
@@ -292,6 +291,5 @@ def list_presets():
 
 
 def _choice_message(key, value, accepted):
-    close = difflib.get_close_matches(str(value), [str(a) for a in accepted], n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"{key}={value!r} is not accepted. Accepted values: {', '.join(map(str, accepted))}.{hint}"
+    return (f"{key}={value!r} is not accepted. Accepted values: {', '.join(map(str, accepted))}."
+            f"{did_you_mean(value, accepted)}")

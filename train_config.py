@@ -2,9 +2,9 @@
 
 Every key here and in ModelConfig can be set in a config file or as --key=value.
 """
-import difflib
 from dataclasses import asdict, dataclass, field
 
+from model_components import did_you_mean
 from model_config import ConfigError, ModelConfig
 from hf_interop import check_init_from
 from optimizers import check_optimizer_options
@@ -190,10 +190,9 @@ def check_sharding_supports(t):
 def check_logger_backends(backends):
     for name in backends:
         if name not in LOGGER_BACKENDS:
-            close = difflib.get_close_matches(str(name), LOGGER_BACKENDS, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"logger_backends={backends!r} names {name!r}, which is not a logger. Accepted: "
-                              f"{', '.join(LOGGER_BACKENDS)} (metrics.jsonl is always written).{hint}")
+                              f"{', '.join(LOGGER_BACKENDS)} (metrics.jsonl is always written)."
+                              f"{did_you_mean(name, LOGGER_BACKENDS)}")
     missing = missing_backend_packages(backends)
     if missing:
         raise ConfigError(f"logger_backends={backends!r} needs {' and '.join(missing)}, which is not installed: "
