@@ -28,12 +28,11 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import compare_architectures
-from configurator import load_config
+from configurator import load_config, read_config_file, split_argv
 from model_config import ConfigError
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -116,12 +115,11 @@ def read_steps_file(config_files):
     steps, train_configs = None, []
     for path in config_files:
         text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
-        namespace = _exec_config(path, text) if STEPS_KEY in text else {}
+        namespace = read_config_file(path) if STEPS_KEY in text else {}
         if STEPS_KEY not in namespace:
             train_configs.append(path)  # train.py checks it (and reports a missing file)
             continue
-        others = [k for k, v in namespace.items() if not k.startswith("_") and k != STEPS_KEY
-                  and not isinstance(v, (types.ModuleType, types.FunctionType, type))]
+        others = [key for key in namespace if key != STEPS_KEY]
         if others:
             raise ConfigError(f"Config file {path} sets {STEPS_KEY} and also {', '.join(others)}. Keep "
                               f"{STEPS_KEY} in a file of its own: ablate.py reads it and does not pass it to train.py.")
@@ -129,16 +127,6 @@ def read_steps_file(config_files):
             raise ConfigError(f"{STEPS_KEY} is set in more than one config file ({path} is the second); keep one.")
         steps = namespace[STEPS_KEY]
     return steps, train_configs
-
-
-def _exec_config(path, text):
-    namespace = {}
-    try:
-        exec(compile(text, str(path), "exec"), namespace)
-    except Exception as error:  # any error in user code becomes one clear paragraph
-        raise ConfigError(f"Config file {path} raised {type(error).__name__}: {error}") from None
-    namespace.pop("__builtins__", None)
-    return namespace
 
 
 def make_plan(name, grid_entries, one_at_a_time, steps):
@@ -228,12 +216,11 @@ def parse_args(argv):
     parser.add_argument("--format", default="png", choices=compare_architectures.FORMATS)
     parser.add_argument("--train_script", default=str(TRAIN_SCRIPT), help="the training script (default: train.py)")
     args, rest = parser.parse_known_args(argv)
-    for option, value in zip(rest, rest[1:]):
-        if option.startswith("--") and "=" not in option and not value.startswith("--"):
-            parser.error(f"write train.py options as {option}=VALUE: '{option} {value}' would make {value!r} "
-                         "look like a config file.")
-    config_files = [a for a in rest if not a.startswith("--")]
-    passthrough = [a for a in rest if a.startswith("--")]
+    try:  # train.py's own reading of its arguments: --key value, --key=value, bare boolean --flag
+        config_files, overrides = split_argv(rest)
+    except ConfigError as error:
+        parser.error(str(error))
+    passthrough = [f"--{key}" if raw is None else f"--{key}={raw}" for key, raw in overrides]
     if any(a.startswith("--run_name") for a in passthrough):
         parser.error("ablate.py names every run itself; remove --run_name (use --name to set their prefix).")
     args.name = sanitize(args.name or "-".join(Path(p).stem for p in config_files) or "ablation")

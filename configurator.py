@@ -30,7 +30,7 @@ _TRUE, _FALSE = ("true", "1"), ("false", "0")
 
 def load_config(argv):
     """argv without the program name -> (Config, {key: source of its value})."""
-    config_files, overrides = _split_argv(argv)
+    config_files, overrides = split_argv(argv)
     values, sources = {}, {}
     for path in config_files:
         _exec_config_file(path, values, sources)
@@ -49,7 +49,7 @@ def load_config_or_exit(argv):
         sys.exit(2)
 
 
-def _split_argv(argv):
+def split_argv(argv):
     """Config files, and (key, raw value) overrides from --key=value, --key value (non-boolean
     keys) and a bare --flag (boolean keys, raw value None)."""
     config_files, overrides, i = [], [], 0
@@ -68,20 +68,25 @@ def _split_argv(argv):
     return config_files, overrides
 
 
-def _exec_config_file(path, values, sources):
+def read_config_file(path, values=None):
+    """The settings a config file makes: its assignments, run on top of `values` (earlier
+    settings it may read), minus names starting with _ and imported modules, functions and classes."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"Config file {path!r} does not exist. Config files are Python files of "
                           f"assignments such as config/arch_gpt2.py; pass them before --key=value overrides.")
-    namespace = dict(values)
+    namespace = dict(values or {})
     try:
         exec(compile(file.read_text(), str(file), "exec"), namespace)
     except Exception as error:  # any error in user code becomes one clear paragraph
         raise ConfigError(f"Config file {path} raised {type(error).__name__} at line "
                           f"{_error_line(error, str(file))}: {error}") from None
-    for key, value in namespace.items():
-        if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
-            continue
+    return {key: value for key, value in namespace.items()
+            if not key.startswith("_") and not isinstance(value, (types.ModuleType, types.FunctionType, type))}
+
+
+def _exec_config_file(path, values, sources):
+    for key, value in read_config_file(path, values).items():
         if key not in ALL_FIELDS:
             raise ConfigError(_unknown_key_message(key, f"config file {path}"))
         if key not in values or values[key] is not value:

@@ -165,3 +165,12 @@ def test_a_2x2_grid_of_tiny_real_runs_end_to_end(tmp_path, char_data, monkeypatc
     assert {r["config"]["train"]["seed"] for r in records} == {1337}
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert all(f"| {name} |" in table for name in names) and table.count("| finished |") == 4
+
+
+def test_train_options_are_read_as_train_py_reads_them():
+    args, config_files, passthrough = ablate.parse_args(
+        ["--grid", "normalization=layernorm,rmsnorm", "--compile", "config/arch_gpt2.py", "--max_iters", "5"])
+    assert config_files == ["config/arch_gpt2.py"] and passthrough == ["--compile", "--max_iters=5"]
+    assert args.grid == ["normalization=layernorm,rmsnorm"]
+    with pytest.raises(SystemExit):
+        ablate.parse_args(["config/arch_gpt2.py", "--max_itres=5"])  # an unknown key, named with a suggestion
