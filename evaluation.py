@@ -168,17 +168,19 @@ def evaluate_hellaswag(model, tokenizer, examples, block_size, device, autocast=
     the plain model, not a compiled one: each example has its own length."""
     was_training = model.training
     model.eval()
-    correct = correct_norm = count = 0
+    predictions, labels = [], []  # read back once at the end: a sync per example would stall the GPU
     rounds = math.ceil(len(examples) / world_size)
     for index in range(rank, rounds * world_size, world_size):
         example = examples[index % len(examples)]
         summed, mean = ending_log_likelihoods(model, tokenizer, example, block_size, device, autocast)
         if index < len(examples):
-            correct += int(summed.argmax().item() == example.label)
-            correct_norm += int(mean.argmax().item() == example.label)
-            count += 1
+            predictions.append(torch.stack((summed.argmax(), mean.argmax())))
+            labels.append(example.label)
     model.train(was_training)
-    return HellaSwagCounts(correct, correct_norm, count)
+    predicted = torch.stack(predictions).tolist() if predictions else []
+    correct = sum(by_sum == label for (by_sum, _), label in zip(predicted, labels))
+    correct_norm = sum(by_mean == label for (_, by_mean), label in zip(predicted, labels))
+    return HellaSwagCounts(correct, correct_norm, len(labels))
 
 
 # ---------------------------------------------------------------- text samples
