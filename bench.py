@@ -80,7 +80,7 @@ def measure(config, device, dtype, args):
         nonlocal steps_done
         result = train_step(parts.step_model, parts.optimizer, next_batch, accumulation_steps,
                             parts.autocast, t.grad_clip, parts.scaler, parts.pruner,
-                            loss_chunk_rows=t.loss_chunk_rows)
+                            loss_settings=parts.loss_settings)
         steps_done += 1
         if parts.pruner:  # as train.py's loop: masks tighten on the schedule, so timed steps run sparse
             parts.pruner.after_step(parts.optimizer, steps_done)

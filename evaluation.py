@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from linear_cross_entropy import LossSettings
+
 import hardware
 from sample import generate_samples, load_model
 from token_shards import DataError, download_once
@@ -34,7 +36,7 @@ HELLASWAG_ENDINGS = 4
 
 
 @torch.no_grad()
-def estimate_loss(model, loaders, eval_iters, autocast, loss_chunk_rows=0):
+def estimate_loss(model, loaders, eval_iters, autocast, loss_settings=LossSettings()):
     """Mean loss over eval_iters batches of each loader ({split name: loader}), model in eval mode."""
     was_training = model.training
     model.eval()
@@ -44,7 +46,7 @@ def estimate_loss(model, loaders, eval_iters, autocast, loss_chunk_rows=0):
         for _ in range(eval_iters):
             x, y = loader.next_batch()
             with autocast:
-                loss = model(x, y, loss_chunk_rows=loss_chunk_rows)[1]
+                loss = model(x, y, loss_settings=loss_settings)[1]
             total = total + loss.float()  # stays on the device: one sync per split, not per batch
         losses[split] = (total / eval_iters).item()
     model.train(was_training)

@@ -1,18 +1,46 @@
-"""Cross-entropy of a linear layer's output without materialising the whole batch's logits.
+"""Cross-entropy of the LM head's output, with its gradients computed in the forward pass.
 
 With GPT-2's 50304-token vocabulary, a batch of 32 x 1024 tokens has 1.6 G logits: 3.3 GB in
-bf16 and twice that in fp32, read and written several times by softmax and its gradient. Here
-the rows go through in chunks: each chunk's logits are made, turned into the loss and straight
-into the gradients for the hidden states and the weight, then dropped. Backward only scales the
-stored gradients. The matmul work is the usual three (forward, and the two gradient products).
+bf16. Autograd's plain loss reads them in forward (the log-normaliser), keeps them, and in backward
+reads them again to write their gradient. Here the rows go through in chunks, and each chunk's
+logits are made, turned into the loss and the logits' gradient in one pass (one fused kernel under
+torch.compile), then straight into the gradients for the hidden states and the weight, and
+dropped. Backward only scales the stored gradients. The matmul work is the usual three (forward,
+and the two gradient products).
+
+fp8=True runs those three matmuls in float8 (torch._scaled_mm, compute capability 8.9+): hidden
+states and weight in e4m3 with per-tensor scales from their absolute maxima, the logits' gradient
+in e5m2 with a fixed scale. The fixed scale needs no pass over the logits: softmax - one_hot lies
+in (-1, 1), so times 2^15 it stays under e5m2's largest value (57344), and probabilities down to
+2^-31 stay representable.
 """
+from dataclasses import dataclass
+
 import torch
 
+try:
+    import loss_kernels  # a Triton kernel for CUDA tensors
+except ImportError:  # no triton (CPU builds of PyTorch): torch's own transposition
+    loss_kernels = None
 
-def linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_rows=4096):
+E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
+LOGIT_GRADIENT_SCALE = 2.0 ** 15
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """How the model turns its last hidden states into the training loss. chunk_rows 0: the plain
+    cross-entropy through autograd, over the whole batch's logits; otherwise linear_cross_entropy
+    in chunks of chunk_rows tokens, with its matmuls in float8 when fp8."""
+    chunk_rows: int = 0
+    fp8: bool = False
+
+
+def linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_rows=8192, fp8=False):
     """Mean cross-entropy of hidden @ weight.T against targets, ignoring targets == ignore_index.
     hidden (..., d), weight (V, d), targets (...); matmuls in the autocast dtype when autocast is
-    on, softmax in fp32."""
+    on (float8 with fp8=True; every dimension and chunk_rows must then be multiples of 16),
+    softmax in fp32."""
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1)
     device_type = hidden.device.type
@@ -21,14 +49,22 @@ def linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_rows=40
         hidden, weight = hidden.to(dtype), weight.to(dtype)
     with torch.autocast(device_type, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows)
-        return _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, gradients=False)[0]
+            return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows, fp8)
+        return _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, fp8, gradients=False)[0]
+
+
+def fp8_unsupported(n_embd, vocab_size, rows, chunk_rows):
+    """Why the float8 LM head cannot take these sizes (float8 matmuls need multiples of 16), or None."""
+    sizes = {"n_embd": n_embd, "vocab_size": vocab_size, "batch_size x block_size": rows,
+             "loss_chunk_rows": chunk_rows}
+    odd = [f"{name}={value}" for name, value in sizes.items() if value % 16]
+    return f"{', '.join(odd)} not a multiple of 16" if odd else None
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, chunk_rows):
-        loss, grad_hidden, grad_weight = _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows,
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_rows, fp8):
+        loss, grad_hidden, grad_weight = _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, fp8,
                                                        gradients=True)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return loss
@@ -36,29 +72,103 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss, None, None, None
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss, None, None, None, None
 
 
-def _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, gradients):
+def _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, fp8, gradients):
     valid = targets != ignore_index
     count = valid.sum().clamp(min=1)
+    targets = targets.clamp(min=0)
+    matmuls = (_Float8Matmuls if fp8 else _Matmuls)(hidden, weight, gradients)
     exact = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums in at least fp32
     loss = torch.zeros((), dtype=exact, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if gradients else None
     grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device) if gradients else None
     for start in range(0, hidden.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
-        chunk_targets, chunk_valid = targets[rows].clamp(min=0), valid[rows]
-        logits = (hidden[rows] @ weight.T).to(exact)
-        log_norm = torch.logsumexp(logits, dim=-1)
-        target_logits = logits.gather(1, chunk_targets[:, None]).squeeze(1)
-        loss += ((log_norm - target_logits) * chunk_valid).sum()
-        if gradients:
-            # d loss / d logits = (softmax - one_hot(target)) / count on valid rows, 0 elsewhere
-            probs = logits.sub_(log_norm[:, None]).exp_()
-            probs[torch.arange(probs.shape[0], device=probs.device), chunk_targets] -= 1
-            probs *= (chunk_valid / count)[:, None]
-            grad_logits = probs.to(weight.dtype)
-            grad_hidden[rows] = grad_logits @ weight
-            grad_weight += grad_logits.T @ hidden[rows]
+        logits = matmuls.logits(rows)
+        if not gradients:
+            loss += _token_losses(logits.to(exact), targets[rows], valid[rows])[0].sum()
+            continue
+        chunk_loss, logit_grad = _loss_and_logit_gradient(logits, targets[rows], valid[rows],
+                                                          matmuls.logit_gradient_dtype, matmuls.logit_gradient_scale)
+        loss += chunk_loss.to(exact)
+        grad_hidden[rows], chunk_grad_weight = matmuls.gradients(logit_grad, rows, count)
+        grad_weight += chunk_grad_weight
     return loss / count, grad_hidden, grad_weight.to(weight.dtype) if gradients else None
+
+
+def _token_losses(logits, targets, valid):
+    log_norm = torch.logsumexp(logits, dim=-1)
+    target_logits = logits.gather(1, targets[:, None]).squeeze(1)
+    return (log_norm - target_logits) * valid, log_norm
+
+
+def _loss_and_logit_gradient(logits, targets, valid, grad_dtype, grad_scale):
+    """The chunk's summed loss and (softmax - one_hot) * grad_scale in grad_dtype, 0 on ignored rows;
+    softmax in at least fp32. One expression over the logits, so torch.compile makes it one kernel
+    that reads them for the log-normaliser and again (partly from L2) to write the gradient."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_losses, log_norm = _token_losses(logits, targets, valid)
+    one_hot = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
+    probs = torch.exp(logits - log_norm[:, None])
+    grad = torch.where(valid[:, None], (probs - one_hot.to(probs.dtype)) * grad_scale, 0.0)
+    return token_losses.sum(), grad.to(grad_dtype)
+
+
+class _Matmuls:
+    """The LM head's matmuls in the inputs' dtype."""
+    logit_gradient_scale = 1.0
+
+    def __init__(self, hidden, weight, gradients):
+        self.hidden, self.weight = hidden, weight
+        self.logit_gradient_dtype = weight.dtype
+
+    def logits(self, rows):
+        return self.hidden[rows] @ self.weight.T
+
+    def gradients(self, logit_grad, rows, count):
+        """(d loss / d hidden[rows], this chunk's share of d loss / d weight) for the mean loss over
+        count tokens (divided after the products, so the logits' gradient needs no per-batch scale)."""
+        return (logit_grad @ self.weight) / count, (logit_grad.T @ self.hidden[rows]) / count
+
+
+class _Float8Matmuls:
+    """The LM head's matmuls in float8. torch._scaled_mm wants its first operand row-major and its
+    second column-major, so each product reads a transposed copy of one operand: the weight's for
+    d hidden, the logits' gradient's for d weight (a pass over it, still cheaper than the bf16 product)."""
+    logit_gradient_dtype = torch.float8_e5m2
+    logit_gradient_scale = LOGIT_GRADIENT_SCALE  # the token count is divided out in the products' scales
+
+    def __init__(self, hidden, weight, gradients):
+        self.out_dtype = hidden.dtype
+        self.hidden, self.hidden_scale = _to_e4m3(hidden)
+        self.weight, self.weight_scale = _to_e4m3(weight)
+        if gradients:
+            self.hidden_columns = self.hidden.T.contiguous()  # (d, rows): hidden[rows] as a column-major operand
+            self.weight_columns = self.weight.T.contiguous()  # (d, V): the weight as a column-major operand
+
+    def logits(self, rows):
+        return torch._scaled_mm(self.hidden[rows], self.weight.T, scale_a=self.hidden_scale,
+                                scale_b=self.weight_scale, out_dtype=self.out_dtype, use_fast_accum=True)
+
+    def gradients(self, logit_grad, rows, count):
+        grad_scale = (1.0 / (count * LOGIT_GRADIENT_SCALE)).float()
+        grad_hidden = torch._scaled_mm(logit_grad, self.weight_columns.T, scale_a=grad_scale,
+                                       scale_b=self.weight_scale, out_dtype=self.out_dtype)
+        grad_weight = torch._scaled_mm(_transposed_copy(logit_grad), self.hidden_columns[:, rows].T,
+                                       scale_a=grad_scale, scale_b=self.hidden_scale, out_dtype=torch.float32)
+        return grad_hidden, grad_weight
+
+
+def _transposed_copy(matrix):
+    if loss_kernels is not None and matrix.is_cuda:
+        return torch.ops.workbench.transpose(matrix)
+    return matrix.T.contiguous()
+
+
+def _to_e4m3(tensor):
+    """(tensor in float8 e4m3 scaled to use its range, the scale that multiplies it back)."""
+    amax = tensor.abs().max().float().clamp(min=1e-12)
+    scaled = (tensor.float() * (E4M3_MAX / amax)).clamp(-E4M3_MAX, E4M3_MAX)
+    return scaled.to(torch.float8_e4m3fn), amax / E4M3_MAX

@@ -625,7 +625,7 @@ def with_auto_batch_size(config, device, dtype, dist, accumulation_steps):
         x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         # two micro-steps when training will accumulate: the second runs with gradients allocated
         train_step(parts.step_model, parts.optimizer, lambda: (x, y), min(2, sequences // batch), parts.autocast,
-                   t.grad_clip, parts.scaler, parts.pruner, loss_chunk_rows=t.loss_chunk_rows)
+                   t.grad_clip, parts.scaler, parts.pruner, loss_settings=parts.loss_settings)
 
     try:
         largest = find_max_batch_size(try_step, t.batch_size, limit=sequences)
@@ -669,7 +669,7 @@ def measure_on_gpu(preset, size, batch_size, compile_model, activation_checkpoin
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     for _ in range(steps):
         train_step(parts.step_model, parts.optimizer, lambda: (x, y), 1, parts.autocast, 1.0, parts.scaler,
-                   loss_chunk_rows=loss_chunk_rows)
+                   loss_settings=parts.loss_settings)
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
     reserved = torch.cuda.memory_reserved()
@@ -698,7 +698,7 @@ def main(argv):
     parser.add_argument("--batches", default="8,16")
     parser.add_argument("--activation_checkpointing", default="none")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--loss_chunk_rows", type=int, default=4096, help="0: the plain loss on whole-batch logits")
+    parser.add_argument("--loss_chunk_rows", type=int, default=8192, help="0: the plain loss on whole-batch logits")
     parser.add_argument("--kv_cache", action="store_true",
                         help="print the generation KV cache per token of each attention type and kv pruning (no GPU)")
     args = parser.parse_args(argv)

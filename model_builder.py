@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from linear_cross_entropy import linear_cross_entropy
+from linear_cross_entropy import LossSettings, linear_cross_entropy
 from model_components import ATTENTION_TYPES, FFN_TYPES, NORMALIZATIONS, POSITION_ENCODINGS, KVCache, KVPruning
 from model_config import ModelConfig
 
@@ -81,9 +81,9 @@ class GPT(nn.Module):
             if isinstance(projection, nn.Linear):
                 nn.init.normal_(projection.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
-    def forward(self, idx, targets=None, kv_caches=None, start_pos=0, loss_chunk_rows=0, last_only=False):
-        """(logits, loss). With targets and loss_chunk_rows > 0 the loss is computed chunk by chunk
-        without the whole batch's logits (see linear_cross_entropy.py), and logits is None. last_only
+    def forward(self, idx, targets=None, kv_caches=None, start_pos=0, loss_settings=LossSettings(), last_only=False):
+        """(logits, loss). With targets and loss_settings.chunk_rows > 0 the loss is computed chunk by
+        chunk without the whole batch's logits (see linear_cross_entropy.py), and logits is None. last_only
         (without targets): the logits of the last position alone, (B, 1, vocab), as generation needs."""
         T = idx.shape[1]
         if start_pos + T > self.config.block_size:
@@ -99,8 +99,9 @@ class GPT(nn.Module):
         x = self.final_norm(x)
         if last_only:  # generation needs the next token's logits only, not the prompt's
             x = x[:, -1:]
-        if targets is not None and loss_chunk_rows:
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets, chunk_rows=loss_chunk_rows)
+        if targets is not None and loss_settings.chunk_rows:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, chunk_rows=loss_settings.chunk_rows,
+                                              fp8=loss_settings.fp8)
         logits = self.lm_head(x)
         if targets is None:
             return logits, None

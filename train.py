@@ -27,6 +27,7 @@ from configurator import describe_changes, explicit_keys, load_config_or_exit, m
 from data_loader import make_loader
 from evaluation import estimate_loss, evaluate_hellaswag, generate_sample, hellaswag_file, load_hellaswag, perplexity
 from hf_interop import check_dataset_fits, from_hf
+from linear_cross_entropy import LossSettings
 from model_config import ConfigError
 from optimizers import effective_max_iters, lr_at, set_lr
 from shutdown import GracefulShutdown
@@ -66,6 +67,7 @@ class Run:
     max_iters: int  # effective_max_iters: bitter2 trains longer than max_iters
     scaler: object
     autocast: object
+    loss_settings: LossSettings
     dataset: object
     train_loader: object
     accumulation_steps: int
@@ -164,7 +166,8 @@ def setup(config, sources):
                       parts.strategy, parts.pruner)
     run = Run(config=config, dist=dist, strategy=parts.strategy, device=device, git_commit=commit, model=model,
               step_model=parts.step_model, optimizer=parts.optimizer, pruner=parts.pruner,
-              max_iters=effective_max_iters(t), scaler=parts.scaler, autocast=parts.autocast, dataset=dataset,
+              max_iters=effective_max_iters(t), scaler=parts.scaler, autocast=parts.autocast,
+              loss_settings=parts.loss_settings, dataset=dataset,
               train_loader=train_loader, accumulation_steps=accumulation_steps,
               tokens_per_step=t.batch_size * model_cfg.block_size * accumulation_steps * dist.world_size,
               flops_per_token=flops["total"], peak_tflops=peak, logger=logger,
@@ -192,7 +195,7 @@ def train(run):
             run.model.set_training_step(progress.step)  # ra_delay_steps: reciprocal parts switch on at their step
             result = train_step(run.step_model, run.optimizer, run.train_loader.next_batch, run.accumulation_steps,
                                 run.autocast, t.grad_clip, run.scaler, run.pruner, histograms_due(run),
-                                t.loss_chunk_rows)
+                                run.loss_settings)
             # one small all-reduce and one sync a step: the mean loss over ranks, checked every step
             # (a NaN on any rank stops every rank), whether any rank was asked to stop, and whether
             # latest.pt is due (checkpoint_minutes reads each rank's clock; all ranks must agree)
@@ -256,7 +259,7 @@ def announce(run, text):
 def evaluate(run):
     progress = run.progress
     t = run.config.train
-    losses = estimate_loss(run.step_model, eval_loaders(run), t.eval_iters, run.autocast, t.loss_chunk_rows)
+    losses = estimate_loss(run.step_model, eval_loaders(run), t.eval_iters, run.autocast, run.loss_settings)
     train_loss, val_loss = distributed.mean_across_ranks(torch.tensor([losses["train"], losses["val"]],
                                                                       device=run.device), run.dist).tolist()
     run.logger.log({"kind": "eval", "step": progress.step, "tokens": progress.tokens, "train_loss": train_loss,

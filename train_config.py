@@ -100,12 +100,13 @@ class TrainConfig:
     fsdp_reshard_after_forward: bool = True  # free gathered parameters after forward (less memory, more traffic)
     dist_timeout_minutes: float = 10.0  # a collective waiting longer (a peer died) fails instead of hanging
     # speed (see BENCHMARKS.md for what each is worth)
-    loss_chunk_rows: int = 4096  # the loss in chunks of this many tokens, never the whole batch's logits (0: plain)
+    loss_chunk_rows: int = 8192  # the fused loss in chunks of this many tokens, never the whole batch's logits (0: plain)
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     sdpa_kernel: str = "auto"  # auto | flash | cudnn | efficient | math: the fused attention kernel SDPA may use
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)
     fp8: bool = False  # torchao float8 training on GPUs of compute capability 8.9+; bf16 elsewhere
     fp8_recipe: str = "tensorwise"  # tensorwise | rowwise
+    fp8_lm_head: bool = False  # the LM head's matmuls in float8 inside the fused loss (needs loss_chunk_rows > 0)
     # memory (memory_estimate.py)
     dry_run: bool = False  # print model, FLOPs/token, per-GPU memory, RAM and checkpoint disk estimates, then exit
     ignore_memory_check: bool = False  # start even when the estimate exceeds the free device memory
@@ -138,6 +139,12 @@ class TrainConfig:
             if getattr(self, key) not in accepted:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not accepted. Accepted values: "
                                   f"{', '.join(accepted)}.")
+        if self.loss_chunk_rows < 0:
+            raise ConfigError(f"loss_chunk_rows={self.loss_chunk_rows!r} is invalid: use a number of tokens per "
+                              f"chunk of the fused loss, or 0 for the plain cross-entropy.")
+        if self.fp8_lm_head and not self.loss_chunk_rows:
+            raise ConfigError("fp8_lm_head=True needs the fused loss, which loss_chunk_rows=0 turns off: set "
+                              "loss_chunk_rows to a number of tokens (a multiple of 16), or fp8_lm_head=False.")
         if not 0 <= self.memory_margin < 1:
             raise ConfigError(f"memory_margin={self.memory_margin!r} is invalid: it is the headroom kept beyond the "
                               f"memory estimate, a fraction at least 0 and below 1 (0.10 keeps 10%).")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from distributed import gradient_sync
+from linear_cross_entropy import LossSettings
 
 
 @dataclass
@@ -16,7 +17,7 @@ class StepResult:
 
 
 def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_clip, scaler=None, pruner=None,
-               inspect_gradients=None, loss_chunk_rows=0):
+               inspect_gradients=None, loss_settings=LossSettings()):
     """Runs accumulation_steps forward/backward passes on next_batch() and one optimizer update.
 
     Each micro-batch loss is divided by accumulation_steps so the summed gradients equal the
@@ -28,7 +29,7 @@ def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_
     for micro_step in range(accumulation_steps):
         x, y = next_batch()
         with gradient_sync(model, micro_step == accumulation_steps - 1), autocast:
-            loss = model(x, y, loss_chunk_rows=loss_chunk_rows)[1]  # no reference to logits kept
+            loss = model(x, y, loss_settings=loss_settings)[1]  # no reference to logits kept
             scaled = loss / accumulation_steps
             (scaler.scale(scaled) if scaler else scaled).backward()
         total_loss += scaled.detach()

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 import distributed
 import hardware
+from linear_cross_entropy import LossSettings, fp8_unsupported
 from memory_estimate import materialize
 from model_config import ConfigError
 from optimizers import build_optimizer
@@ -27,6 +28,7 @@ class StepParts:
     pruner: object  # pruning.Pruner or None
     scaler: object  # torch.amp.GradScaler for float16, else None
     autocast: object
+    loss_settings: LossSettings  # what the step and the evaluation pass to the model's loss
     strategy: str
 
 
@@ -46,14 +48,15 @@ def build_step_parts(config, device, dtype, dist):
     optimizer = distributed.shard_optimizer(build_optimizer(model, t, device), dist, strategy)
     scaler = torch.amp.GradScaler(device.split(":")[0]) if hardware.needs_grad_scaler(dtype, device) else None
     return StepParts(model=model, step_model=step_model, optimizer=optimizer, pruner=build_pruner(model, t),
-                     scaler=scaler, autocast=hardware.autocast_context(device, dtype), strategy=strategy)
+                     scaler=scaler, autocast=hardware.autocast_context(device, dtype),
+                     loss_settings=loss_settings_for(t, config.model, device), strategy=strategy)
 
 
 def convert_to_float8(model, recipe, device):
     """torchao float8 training for the blocks' linear layers. The LM head stays in bf16 (its
     output feeds the softmax, where float8's range hurts), as do layers whose sizes are not
     multiples of 16 (the float8 matmul kernels need them). Falls back with one warning."""
-    reason = _float8_unavailable(device)
+    reason = _float8_unavailable(device) or _torchao_missing()
     if reason:
         warnings.warn(f"fp8=True ignored: {reason}; training in bf16/the configured dtype instead.", stacklevel=2)
         return
@@ -72,11 +75,29 @@ def _float8_unavailable(device):
     capability = torch.cuda.get_device_capability(torch.device(device))
     if capability < (8, 9):
         return f"{hardware.device_name(device)} has compute capability {capability[0]}.{capability[1]} (< 8.9)"
+    return None
+
+
+def _torchao_missing():
     try:
         import torchao.float8  # noqa: F401
     except ImportError:
         return "torchao is not installed (pip install torchao)"
     return None
+
+
+def loss_settings_for(t, model_cfg, device):
+    """The loss the model computes; fp8_lm_head falls back to the configured dtype, with one warning,
+    where float8 matmuls cannot run."""
+    fp8 = t.fp8_lm_head
+    if fp8:
+        reason = _float8_unavailable(device) or fp8_unsupported(
+            model_cfg.n_embd, model_cfg.vocab_size, t.batch_size * model_cfg.block_size, t.loss_chunk_rows)
+        if reason:
+            warnings.warn(f"fp8_lm_head=True ignored: {reason}; the LM head runs in bf16/the configured dtype "
+                          f"instead.", stacklevel=2)
+            fp8 = False
+    return LossSettings(chunk_rows=t.loss_chunk_rows, fp8=fp8)
 
 
 def apply_activation_checkpointing(model, mode):

@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from linear_cross_entropy import linear_cross_entropy
+from linear_cross_entropy import (LOGIT_GRADIENT_SCALE, LossSettings, _loss_and_logit_gradient, fp8_unsupported,
+                                  linear_cross_entropy)
 from model_builder import build_model
 from model_config import ModelConfig
 
@@ -61,10 +64,56 @@ def test_model_chunked_loss_matches_plain_loss_and_gradients(preset):
     plain.backward()
     plain_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    logits_none, chunked = model(idx, idx, loss_chunk_rows=7)
+    logits_none, chunked = model(idx, idx, loss_settings=LossSettings(chunk_rows=7))
     chunked.backward()
     assert logits_none is None and logits.shape == (3, 16, 64)
     # the plain loss runs its softmax in float32, so compare at float32 precision
     torch.testing.assert_close(chunked, plain.double(), rtol=1e-6, atol=1e-6)
     for p, g in zip(model.parameters(), plain_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+def _relative_error(actual, expected):
+    return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
+
+
+@pytest.mark.parametrize("chunk_rows", [64, 256])
+def test_float8_matmuls_match_plain_cross_entropy_within_float8_precision(chunk_rows):
+    """e4m3 inputs (3 mantissa bits) and the e5m2 logit gradient (2 bits): the loss within 1e-3,
+    gradients within a few percent, as float8 rounding allows, and far from a wrong gradient."""
+    torch.manual_seed(0)
+    hidden = torch.randn(256, 64, requires_grad=True)
+    weight = (0.1 * torch.randn(512, 64)).requires_grad_()
+    targets = torch.randint(0, 512, (256,))
+    targets[:16] = -1
+    expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=-1)
+    expected.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_rows=chunk_rows, fp8=True)
+    (2 * loss).backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-3)
+    assert _relative_error(hidden.grad, 2 * grads[0]) < 0.05
+    assert _relative_error(weight.grad, 2 * grads[1]) < 0.05
+    assert torch.all(hidden.grad[:16] == 0)  # ignored tokens get no gradient
+
+
+def test_float8_logit_gradient_keeps_small_probabilities():
+    """The fixed 2^15 scale of the e5m2 logit gradient: a probability of 1e-7 keeps its (tiny)
+    gradient within e5m2's rounding, and the unlikely target's gradient near -1 does not overflow."""
+    logits = torch.tensor([[20.0, 20.0 + math.log(1e-7), 0.0, -30.0]]).repeat(16, 1)
+    targets = torch.full((16,), 2)
+    valid = torch.ones(16, dtype=torch.bool)
+    valid[0] = False
+    _, grad = _loss_and_logit_gradient(logits, targets, valid, torch.float8_e5m2, LOGIT_GRADIENT_SCALE)
+    expected = torch.softmax(logits, dim=-1) - F.one_hot(targets, 4)
+    restored = grad.float() / LOGIT_GRADIENT_SCALE
+    assert torch.isfinite(restored).all() and torch.all(restored[0] == 0)
+    torch.testing.assert_close(restored[1:, :3], expected[1:, :3].float(), rtol=0.125, atol=0)
+    assert restored[1, 1] > 0  # 1e-7 is not flushed to zero
+
+
+def test_float8_sizes_must_be_multiples_of_16():
+    assert fp8_unsupported(768, 50304, 32 * 1024, 4096) is None
+    reason = fp8_unsupported(768, 50257, 32 * 1024, 4004)
+    assert "vocab_size=50257" in reason and "loss_chunk_rows=4004" in reason and "n_embd" not in reason

@@ -1,0 +1,44 @@
+import warnings
+
+import pytest
+import torch.nn as nn
+
+from distributed import DistInfo
+from linear_cross_entropy import LossSettings
+from model_config import ConfigError, ModelConfig
+from train_config import Config, TrainConfig
+from training_setup import build_step_parts
+
+
+def _parts(**train_options):
+    cfg = ModelConfig.from_preset("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+    config = Config(cfg, TrainConfig(batch_size=2, device="cpu", compile=False, **train_options))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parts = build_step_parts(config, "cpu", "float32", DistInfo())
+    return parts, [str(w.message) for w in caught]
+
+
+def test_fp8_falls_back_on_cpu_with_one_warning():
+    parts, messages = _parts(fp8=True)
+    fp8_messages = [m for m in messages if "fp8" in m]
+    assert len(fp8_messages) == 1 and fp8_messages[0].startswith("fp8=True ignored")
+    assert "compute capability 8.9+" in fp8_messages[0]
+    assert all(type(m) is nn.Linear for m in parts.model.modules() if isinstance(m, nn.Linear))
+
+
+def test_fp8_lm_head_falls_back_on_cpu_and_the_step_keeps_the_fused_loss():
+    parts, messages = _parts(fp8_lm_head=True, loss_chunk_rows=16)
+    assert len([m for m in messages if m.startswith("fp8_lm_head=True ignored")]) == 1
+    assert parts.loss_settings == LossSettings(chunk_rows=16, fp8=False)
+    assert _parts()[0].loss_settings == LossSettings(chunk_rows=8192, fp8=False)  # the default, no warning
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(fp8_lm_head=True, loss_chunk_rows=0), ["fp8_lm_head=True", "loss_chunk_rows=0"]),
+    (dict(loss_chunk_rows=-1), ["loss_chunk_rows=-1", "0 for the plain"]),
+])
+def test_loss_options_are_checked(options, words):
+    with pytest.raises(ConfigError) as error:
+        TrainConfig(**options)
+    assert all(word in str(error.value) for word in words)
