@@ -24,9 +24,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from linear_cross_entropy import LossSettings
-
 import hardware
+from linear_cross_entropy import LossSettings
 from sample import generate_samples, load_model
 from token_shards import DataError, download_once
 

@@ -3,9 +3,9 @@ torch.library.triton_op so torch.compile launches it as written.
 
 transpose: a transposed copy of a float8 matrix, in tiles. The float8 weight-gradient product
 needs the logits' gradient with the token dimension contiguous. Written in torch
-(`matrix.T.contiguous()`), Inductor fuses the copy into the kernel that makes the gradient, whose
-transposed stores then go one byte at a time: measured on an H100 at GPT-2 124M sizes, that kernel
-took 6.6 ms; this one takes 1.3 ms beside the gradient's own kernel.
+(`matrix.T.contiguous()`), Inductor fused the copy into the kernel that makes the gradient: measured
+on an H100 at GPT-2 124M sizes, that kernel took 6.6 ms against 4.0 ms without the copy, and this
+kernel makes the copy in 1.3 ms.
 
 Importing this module needs triton (installed with CUDA builds of PyTorch). The tests run the
 kernel on the CPU through Triton's interpreter (TRITON_INTERPRET=1).

@@ -218,7 +218,9 @@ def logits_peak_bytes(cfg, tokens, act_bytes, loss_chunk_rows=0):
     The chunked loss, per logit of one chunk: the 16-bit matmul output, its fp32 copy, logsumexp's
     two fp32 temporaries (x - max, its exp) and the 16-bit gradient; plus the stored gradients of
     the LM head's input (16-bit) and weight (fp32). Against max_memory_allocated on an H100
-    (2026-11-21, GPT-2 124M/350M, batch 8 and 16): chunked +1.2% to +3.9%, plain -0.9% to -0.2%."""
+    (2026-11-21, GPT-2 124M/350M, batch 8 and 16): chunked +1.2% to +3.9% (the first chunked loss,
+    4096 rows; the fused one that replaced it was not re-measured, and under torch.compile it keeps
+    no fp32 temporaries, so this overestimates compiled runs), plain -0.9% to -0.2%."""
     if loss_chunk_rows:
         rows = min(loss_chunk_rows, tokens)
         return ((act_bytes + 4 + 4 + 4 + act_bytes) * cfg.vocab_size * rows + act_bytes * cfg.n_embd * tokens

@@ -53,9 +53,10 @@ def build_step_parts(config, device, dtype, dist):
 
 
 def convert_to_float8(model, recipe, device):
-    """torchao float8 training for the blocks' linear layers. The LM head stays in bf16 (its
-    output feeds the softmax, where float8's range hurts), as do layers whose sizes are not
-    multiples of 16 (the float8 matmul kernels need them). Falls back with one warning."""
+    """torchao float8 training for the blocks' linear layers. The LM head is left to fp8_lm_head
+    (the fused loss scales its gradient without an amax pass over the logits), and layers whose
+    sizes are not multiples of 16 stay as they are (the float8 matmul kernels need them). Falls
+    back with one warning."""
     reason = _float8_unavailable(device) or _torchao_missing()
     if reason:
         warnings.warn(f"fp8=True ignored: {reason}; training in bf16/the configured dtype instead.", stacklevel=2)
