@@ -16,9 +16,9 @@ The estimate counts what eager PyTorch keeps alive at the step's peak, from the 
 model_builder.py, train_step.py, optimizers.py, pruning.py and distributed.py:
 - the model keeps fp32 master weights; under autocast every nn.Linear weight and bias also gets a
   16-bit copy, cached until the micro-step's autocast context exits (after backward);
-- activations saved for backward, per block: the fp32 residual stream twice, the 16-bit copies of
-  both norm outputs, q/k/v, the attention output and log-sum-exp, the FFN's hidden tensors
-  (fused SDPA kernels store no seq x seq matrix; the math kernel and `manual` do);
+- activations saved for backward, per block: the residual stream twice (bf16 or fp32, as
+  TrainConfig.residual_dtype makes it), the 16-bit copies of both norm outputs, q/k/v, the
+  attention output and log-sum-exp, the FFN's hidden tensors (fused SDPA kernels store no seq x seq matrix; the math kernel and `manual` do);
 - the loss: the plain loss keeps log_softmax's fp32 output and, in backward, its fp32 incoming and
   outgoing gradients (4 + 4 + 4 bytes per logit; the 16-bit logits are freed after forward, since
   train_step keeps only the loss); the chunked loss (default) holds one chunk's logits at a time;
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from hardware import residual_stream_dtype
 from model_builder import build_model
 from model_components import ATTENTION_TYPES
 
@@ -286,14 +287,15 @@ class MemoryEstimate:
 
 def estimate_memory(model_cfg, batch_size, accumulation_steps=1, dtype="bfloat16", world_size=1, strategy="ddp",
                     activation_checkpointing="none", optimizer="adamw", pruning_method="none", sdpa_kernel="auto",
-                    fsdp_reshard_after_forward=True, device="cuda", counts=None, loss_chunk_rows=0):
+                    fsdp_reshard_after_forward=True, device="cuda", counts=None, loss_chunk_rows=0,
+                    residual_dtype="auto"):
     """Per-GPU memory of one training step (see the module docstring for what is counted)."""
     counts = counts or param_counts(meta_model(model_cfg))
     P, on_cuda = counts.total, device.startswith("cuda")
     strategy = strategy if world_size > 1 else "single"
     fsdp = strategy == "fsdp"
     act = 4 if dtype == "float32" else 2
-    residual = act if fsdp else 4  # FSDP runs the blocks on 16-bit parameters: the residual stream is 16-bit
+    residual = residual_stream_dtype(residual_dtype, dtype).itemsize
     shard = world_size if fsdp else 1
     tokens = batch_size * model_cfg.block_size
 
@@ -378,7 +380,7 @@ def estimate_for_config(config, world_size, accumulation_steps, dtype, device="c
     return estimate_memory(
         config.model, batch_size or t.batch_size, accumulation_steps, _assumed_dtype(dtype), world_size,
         strategy_of(t), activation_checkpointing or t.activation_checkpointing, t.optimizer, pruning_method_for(t),
-        t.sdpa_kernel, t.fsdp_reshard_after_forward, device, counts, t.loss_chunk_rows)
+        t.sdpa_kernel, t.fsdp_reshard_after_forward, device, counts, t.loss_chunk_rows, t.residual_dtype)
 
 
 def _assumed_dtype(dtype):

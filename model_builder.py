@@ -55,6 +55,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         self._reciprocal_on = True  # the buffers' initial state
+        self.residual_dtype = None  # None: the embeddings' dtype; the trainer sets it (hardware.residual_stream_dtype)
 
     def set_training_step(self, step):
         """Switches the reciprocal parts (reciprocal attention, rmlp) on once step >= ra_delay_steps;
@@ -94,6 +95,8 @@ class GPT(nn.Module):
         if position_embedding is not None:
             x = x + position_embedding
         x = self.embed_dropout(x)
+        if self.residual_dtype is not None:
+            x = x.to(self.residual_dtype)
         for i, block in enumerate(self.blocks):
             x = block(x, self.position, positions, kv_caches[i] if kv_caches is not None else None)
         x = self.final_norm(x)

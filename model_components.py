@@ -113,8 +113,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # F.rms_norm dispatches to a fused kernel and upcasts internally under autocast
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # bf16 x and an fp32 weight (autocast's q/k norms, a bf16 residual stream) run in fp32: F.rms_norm's
+        # fused kernel needs the input and the weight in one dtype
+        return F.rms_norm(x.to(torch.promote_types(x.dtype, self.weight.dtype)), (x.shape[-1],), self.weight,
+                          self.eps).to(x.dtype)
 
 
 # ---------------------------------------------------------------- activation

@@ -18,6 +18,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 SDPA_KERNELS = ("auto", "flash", "cudnn", "efficient", "math")
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 FP8_RECIPES = ("tensorwise", "rowwise")
+RESIDUAL_DTYPES = ("auto", "float32")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class TrainConfig:
     fp8: bool = False  # torchao float8 training on GPUs of compute capability 8.9+; bf16 elsewhere
     fp8_recipe: str = "tensorwise"  # tensorwise | rowwise
     fp8_lm_head: bool = False  # the LM head's matmuls in float8 inside the fused loss (needs loss_chunk_rows > 0)
+    residual_dtype: str = "auto"  # auto: bf16 residual stream when dtype is bf16, else fp32 | float32 (nanoGPT's autocast)
     # memory (memory_estimate.py)
     dry_run: bool = False  # print model, FLOPs/token, per-GPU memory, RAM and checkpoint disk estimates, then exit
     ignore_memory_check: bool = False  # start even when the estimate exceeds the free device memory
@@ -135,7 +137,8 @@ class TrainConfig:
             raise ConfigError(f"on_checkpoint_error={self.on_checkpoint_error!r} is not accepted. "
                               f"Accepted values: {', '.join(ON_CHECKPOINT_ERROR)}.")
         for key, accepted in (("compile_mode", COMPILE_MODES), ("sdpa_kernel", SDPA_KERNELS),
-                              ("activation_checkpointing", ACTIVATION_CHECKPOINTING), ("fp8_recipe", FP8_RECIPES)):
+                              ("activation_checkpointing", ACTIVATION_CHECKPOINTING), ("fp8_recipe", FP8_RECIPES),
+                              ("residual_dtype", RESIDUAL_DTYPES)):
             if getattr(self, key) not in accepted:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not accepted. Accepted values: "
                                   f"{', '.join(accepted)}.")

@@ -36,6 +36,7 @@ def build_step_parts(config, device, dtype, dist):
     t = config.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP does not broadcast them)
     model = materialize(config.model, device)  # built on the device: no full copy in system RAM
+    model.residual_dtype = hardware.residual_stream_dtype(t.residual_dtype, dtype)
     if t.fp8:
         convert_to_float8(model, t.fp8_recipe, device)
     apply_activation_checkpointing(model, t.activation_checkpointing)

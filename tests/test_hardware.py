@@ -95,6 +95,13 @@ def test_autocast_only_for_reduced_precision():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("option, dtype, expected", [
+    ("auto", "bfloat16", torch.bfloat16), ("auto", "float16", torch.float32), ("auto", "float32", torch.float32),
+    ("float32", "bfloat16", torch.float32)])
+def test_residual_stream_is_bf16_only_when_training_in_bf16(option, dtype, expected):
+    assert hardware.residual_stream_dtype(option, dtype) == expected
+
+
 def test_device_facts_on_cpu():
     assert hardware.device_name("cpu").startswith("CPU (")
     assert hardware.is_rocm() is False

@@ -35,6 +35,24 @@ def test_loss_is_mean_cross_entropy_ignoring_minus_one():
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_residual_dtype_sets_the_stream_between_blocks(preset):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset(preset, **TINY))
+    idx = torch.randint(0, 96, (2, 16))
+    seen = []
+    model.blocks[1].register_forward_hook(lambda module, args, output: seen.append((args[0].dtype, output.dtype)))
+    losses = {}
+    for residual_dtype in (None, torch.float32, torch.bfloat16):
+        model.residual_dtype = residual_dtype
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses[residual_dtype] = model(idx, idx)[1].item()
+    # autocast alone leaves the residual sums in fp32, as the embeddings are
+    assert seen == [(torch.float32, torch.float32)] * 2 + [(torch.bfloat16, torch.bfloat16)]
+    assert losses[None] == losses[torch.float32]
+    assert losses[torch.bfloat16] == pytest.approx(losses[torch.float32], abs=0.02)
+
+
 def test_initialisation_scales_residual_projections():
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset("gpt2", n_layer=8, n_head=4, n_embd=256, vocab_size=1000, block_size=64)

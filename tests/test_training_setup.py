@@ -1,6 +1,7 @@
 import warnings
 
 import pytest
+import torch
 import torch.nn as nn
 
 from distributed import DistInfo
@@ -10,12 +11,12 @@ from train_config import Config, TrainConfig
 from training_setup import build_step_parts
 
 
-def _parts(**train_options):
+def _parts(dtype="float32", **train_options):
     cfg = ModelConfig.from_preset("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
     config = Config(cfg, TrainConfig(batch_size=2, device="cpu", compile=False, **train_options))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        parts = build_step_parts(config, "cpu", "float32", DistInfo())
+        parts = build_step_parts(config, "cpu", dtype, DistInfo())
     return parts, [str(w.message) for w in caught]
 
 
@@ -34,11 +35,18 @@ def test_fp8_lm_head_falls_back_on_cpu_and_the_step_keeps_the_fused_loss():
     assert _parts()[0].loss_settings == LossSettings(chunk_rows=8192, fp8=False)  # the default, no warning
 
 
+def test_the_residual_stream_follows_the_training_dtype_unless_set_to_float32():
+    assert _parts("bfloat16")[0].model.residual_dtype == torch.bfloat16
+    assert _parts("bfloat16", residual_dtype="float32")[0].model.residual_dtype == torch.float32
+    assert _parts("float32")[0].model.residual_dtype == torch.float32
+
+
 @pytest.mark.parametrize("options, words", [
     (dict(fp8_lm_head=True, loss_chunk_rows=0), ["fp8_lm_head=True", "loss_chunk_rows=0"]),
     (dict(loss_chunk_rows=-1), ["loss_chunk_rows=-1", "0 for the plain"]),
+    (dict(residual_dtype="bfloat16"), ["residual_dtype='bfloat16'", "auto, float32"]),
 ])
-def test_loss_options_are_checked(options, words):
+def test_speed_options_are_checked(options, words):
     with pytest.raises(ConfigError) as error:
         TrainConfig(**options)
     assert all(word in str(error.value) for word in words)
