@@ -89,9 +89,10 @@ def needs_grad_scaler(dtype_name: str, device: str) -> bool:
 
 def residual_stream_dtype(option: str, dtype_name: str) -> torch.dtype:
     """The dtype of the blocks' residual stream (TrainConfig.residual_dtype). 'auto': bfloat16 when
-    training in bfloat16, which halves the bytes every norm, residual add and saved block input moves
-    (llm.c's choice, and what FSDP's bfloat16 parameters give anyway); float32 otherwise, since a
-    float16 residual sum can overflow. 'float32': nanoGPT's autocast behaviour, float32 embeddings and
+    training in bfloat16, as in llm.c and as FSDP's bfloat16 parameters give anyway: every norm,
+    residual add and saved block input of a pre-norm block moves half the bytes (a post-norm block
+    ends in a norm, whose output autocast keeps in float32). float32 otherwise, since a float16
+    residual sum can overflow. 'float32': nanoGPT's autocast behaviour, float32 embeddings and
     residual sums."""
     return torch.bfloat16 if option == "auto" and dtype_name == "bfloat16" else torch.float32
 
