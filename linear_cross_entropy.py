@@ -3,8 +3,8 @@
 With GPT-2's 50304-token vocabulary, a batch of 32 x 1024 tokens has 1.6 G logits: 3.3 GB in
 bf16. Autograd's plain loss reads them in forward (the log-normaliser), keeps them, and in backward
 reads them again to write their gradient. Here the rows go through in chunks, and each chunk's
-logits are made, turned into the loss and the logits' gradient in one pass (one fused kernel under
-torch.compile), then straight into the gradients for the hidden states and the weight, and
+logits are made, turned into the loss and the logits' gradient by one kernel (Triton on CUDA,
+loss_kernels.py; torch elsewhere), then straight into the gradients for the hidden states and the weight, and
 dropped. Backward only scales the stored gradients. The matmul work is the usual three (forward,
 and the two gradient products).
 
@@ -25,6 +25,7 @@ except ImportError:  # no triton (CPU builds of PyTorch): torch's own transposit
 
 E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 LOGIT_GRADIENT_SCALE = 2.0 ** 15
+KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, fp8, gradients):
     valid = targets != ignore_index
     count = valid.sum().clamp(min=1)
-    targets = targets.clamp(min=0)
+    raw_targets, targets = targets, targets.clamp(min=0)
     matmuls = (_Float8Matmuls if fp8 else _Matmuls)(hidden, weight, gradients)
     exact = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums in at least fp32
     loss = torch.zeros((), dtype=exact, device=hidden.device)
@@ -90,10 +91,9 @@ def _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, fp8, gradie
         if not gradients:
             loss += _token_losses(logits.to(exact), targets[rows], valid[rows])[0].sum()
             continue
-        chunk_loss, logit_grad = _loss_and_logit_gradient(logits, targets[rows], valid[rows],
-                                                          matmuls.logit_gradient_dtype, matmuls.logit_gradient_scale)
+        chunk_loss, logit_grad, logit_grad_t = _loss_and_logit_gradient(logits, raw_targets[rows], ignore_index, fp8)
         loss += chunk_loss.to(exact)
-        grad_hidden[rows], chunk_grad_weight = matmuls.gradients(logit_grad, rows, count)
+        grad_hidden[rows], chunk_grad_weight = matmuls.gradients(logit_grad, logit_grad_t, rows, count)
         grad_weight += chunk_grad_weight
     return loss / count, grad_hidden, grad_weight.to(weight.dtype) if gradients else None
 
@@ -104,30 +104,35 @@ def _token_losses(logits, targets, valid):
     return (log_norm - target_logits) * valid, log_norm
 
 
-def _loss_and_logit_gradient(logits, targets, valid, grad_dtype, grad_scale):
-    """The chunk's summed loss and (softmax - one_hot) * grad_scale in grad_dtype, 0 on ignored rows;
-    softmax in at least fp32. One expression over the logits, so torch.compile makes it one kernel
-    (measured: 4.0 ms for 32768 x 50304 bf16 logits to an e5m2 gradient on an H100)."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    token_losses, log_norm = _token_losses(logits, targets, valid)
+def _loss_and_logit_gradient(logits, targets, ignore_index, fp8):
+    """(the chunk's summed loss, (softmax - one_hot) * scale, its transposed copy with fp8 else None),
+    0 on rows whose target is ignore_index; softmax in at least fp32. The gradient is float8 e5m2
+    scaled by LOGIT_GRADIENT_SCALE with fp8, else in the logits' dtype, unscaled. On CUDA one Triton
+    kernel (loss_kernels.py) reads the logits twice and writes the gradient (and its transposition)."""
+    scale = LOGIT_GRADIENT_SCALE if fp8 else 1.0
+    if loss_kernels is not None and logits.is_cuda and logits.dtype in KERNEL_DTYPES:
+        row_losses, grad = torch.ops.workbench.loss_and_logit_gradient(logits, targets, ignore_index, scale, fp8)
+        return row_losses.sum(), grad, torch.ops.workbench.transpose(grad) if fp8 else None
+    valid = targets != ignore_index
+    exact = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_losses, log_norm = _token_losses(exact, targets.clamp(min=0), valid)
     one_hot = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
-    probs = torch.exp(logits - log_norm[:, None])
-    grad = torch.where(valid[:, None], (probs - one_hot.to(probs.dtype)) * grad_scale, 0.0)
-    return token_losses.sum(), grad.to(grad_dtype)
+    probs = torch.exp(exact - log_norm[:, None])
+    grad = torch.where(valid[:, None], (probs - one_hot.to(probs.dtype)) * scale, 0.0)
+    grad = grad.to(torch.float8_e5m2 if fp8 else logits.dtype)
+    return token_losses.sum(), grad, grad.T.contiguous() if fp8 else None
 
 
 class _Matmuls:
     """The LM head's matmuls in the inputs' dtype."""
-    logit_gradient_scale = 1.0
 
     def __init__(self, hidden, weight, gradients):
         self.hidden, self.weight = hidden, weight
-        self.logit_gradient_dtype = weight.dtype
 
     def logits(self, rows):
         return self.hidden[rows] @ self.weight.T
 
-    def gradients(self, logit_grad, rows, count):
+    def gradients(self, logit_grad, logit_grad_t, rows, count):
         """(d loss / d hidden[rows], this chunk's share of d loss / d weight) for the mean loss over
         count tokens (divided after the products, so the logits' gradient needs no per-batch scale)."""
         return (logit_grad @ self.weight) / count, (logit_grad.T @ self.hidden[rows]) / count
@@ -137,9 +142,6 @@ class _Float8Matmuls:
     """The LM head's matmuls in float8. torch._scaled_mm wants its first operand row-major and its
     second column-major, so each product reads a transposed copy of one operand: the weight's for
     d hidden, the logits' gradient's for d weight (a pass over it, still cheaper than the bf16 product)."""
-    logit_gradient_dtype = torch.float8_e5m2
-    logit_gradient_scale = LOGIT_GRADIENT_SCALE  # the token count is divided out in the products' scales
-
     def __init__(self, hidden, weight, gradients):
         self.out_dtype = hidden.dtype
         self.hidden, self.hidden_scale = _to_e4m3(hidden)
@@ -152,19 +154,13 @@ class _Float8Matmuls:
         return torch._scaled_mm(self.hidden[rows], self.weight.T, scale_a=self.hidden_scale,
                                 scale_b=self.weight_scale, out_dtype=self.out_dtype, use_fast_accum=True)
 
-    def gradients(self, logit_grad, rows, count):
+    def gradients(self, logit_grad, logit_grad_t, rows, count):
         grad_scale = (1.0 / (count * LOGIT_GRADIENT_SCALE)).float()
         grad_hidden = torch._scaled_mm(logit_grad, self.weight_columns.T, scale_a=grad_scale,
                                        scale_b=self.weight_scale, out_dtype=self.out_dtype)
-        grad_weight = torch._scaled_mm(_transposed_copy(logit_grad), self.hidden_columns[:, rows].T,
+        grad_weight = torch._scaled_mm(logit_grad_t, self.hidden_columns[:, rows].T,
                                        scale_a=grad_scale, scale_b=self.hidden_scale, out_dtype=torch.float32)
         return grad_hidden, grad_weight
-
-
-def _transposed_copy(matrix):
-    if loss_kernels is not None and matrix.is_cuda:
-        return torch.ops.workbench.transpose(matrix)
-    return matrix.T.contiguous()
 
 
 def _to_e4m3(tensor):

@@ -103,9 +103,11 @@ def test_float8_logit_gradient_keeps_small_probabilities():
     gradient within e5m2's rounding, and the unlikely target's gradient near -1 does not overflow."""
     logits = torch.tensor([[20.0, 20.0 + math.log(1e-7), 0.0, -30.0]]).repeat(16, 1)
     targets = torch.full((16,), 2)
-    valid = torch.ones(16, dtype=torch.bool)
-    valid[0] = False
-    _, grad = _loss_and_logit_gradient(logits, targets, valid, torch.float8_e5m2, LOGIT_GRADIENT_SCALE)
+    targets[0] = -1  # ignored
+    _, grad, grad_t = _loss_and_logit_gradient(logits, targets, -1, fp8=True)
+    assert grad.dtype == grad_t.dtype == torch.float8_e5m2
+    assert torch.equal(grad_t.view(torch.uint8), grad.T.contiguous().view(torch.uint8))
+    targets[0] = 2
     expected = torch.softmax(logits, dim=-1) - F.one_hot(targets, 4)
     restored = grad.float() / LOGIT_GRADIENT_SCALE
     assert torch.isfinite(restored).all() and torch.all(restored[0] == 0)
