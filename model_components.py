@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fused_mlp
+
 
 class UnknownComponentError(ValueError):
     pass
@@ -235,9 +237,12 @@ class StandardFFN(nn.Module):
         self.up_proj = nn.Linear(cfg.n_embd, cfg.ffn_hidden_size, bias=cfg.bias)
         self.down_proj = nn.Linear(cfg.ffn_hidden_size, cfg.n_embd, bias=cfg.bias)
         self.activation = ACTIVATIONS.get(cfg.activation)
+        self.activation_name = cfg.activation
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
+        if fused_mlp.applies(self, x):  # on CUDA: the GELU inside the matmuls' epilogues, same result
+            return self.dropout(fused_mlp.gelu_mlp(x, self.up_proj, self.down_proj))
         return self.dropout(self.down_proj(self.activation(self.up_proj(x))))
 
     @staticmethod
