@@ -17,7 +17,7 @@ are custom ops (opaque to torch.compile, which compiles around them) with a CUDA
 and a CPU kernel (plain torch, the reference the tests compare against).
 """
 import ctypes
-import glob
+import functools
 import os
 import warnings
 
@@ -168,8 +168,10 @@ class _CublasLt:
         if key not in self.plans:
             desc, layouts, candidates = self._plan(*key[:-1])
             self.plans[key] = (desc, layouts, None)
-            self.timings[key] = [self._time(lambda: self._run(key, out, a, b, bias, aux, algo)) for algo in candidates]
-            self.plans[key] = (desc, layouts, candidates[min(range(len(candidates)), key=self.timings[key].__getitem__)])
+            self.timings[key] = self._time_each([functools.partial(self._run, key, out, a, b, bias, aux, algo)
+                                                 for algo in candidates])
+            fastest = min(range(len(candidates)), key=self.timings[key].__getitem__)
+            self.plans[key] = (desc, layouts, candidates[fastest])
         self._run(key, out, a, b, bias, aux)
 
     def _run(self, key, out, a, b, bias, aux, algo=None):
@@ -184,19 +186,27 @@ class _CublasLt:
             ctypes.c_void_p(torch.cuda.current_blas_handle()), desc, ctypes.byref(alpha),
             ctypes.c_void_p(a[0].data_ptr()), layouts[0], ctypes.c_void_p(b[0].data_ptr()), layouts[1],
             ctypes.byref(beta), ctypes.c_void_p(out.data_ptr()), layouts[2], ctypes.c_void_p(out.data_ptr()), layouts[2],
-            ctypes.byref(chosen if algo is None else algo), ctypes.c_void_p(workspace.data_ptr()), ctypes.c_size_t(WORKSPACE_BYTES),
-            ctypes.c_void_p(torch.cuda.current_stream(out.device).cuda_stream)), "cublasLtMatmul")
+            ctypes.byref(chosen if algo is None else algo), ctypes.c_void_p(workspace.data_ptr()),
+            ctypes.c_size_t(WORKSPACE_BYTES), ctypes.c_void_p(torch.cuda.current_stream(out.device).cuda_stream)),
+            "cublasLtMatmul")
 
     @staticmethod
-    def _time(run, repeats=5):
-        run()  # warm-up
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeats):
+    def _time_each(runs, rounds=3, repeats=3):
+        """Milliseconds per call of each run: after a warm-up round over all of them, the best of
+        rounds interleaved rounds, so a GPU clock still ramping up slows every candidate alike."""
+        for run in runs:
             run()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / repeats
+        best = [float("inf")] * len(runs)
+        for _ in range(rounds):
+            for i, run in enumerate(runs):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(repeats):
+                    run()
+                end.record()
+                end.synchronize()
+                best[i] = min(best[i], start.elapsed_time(end) / repeats)
+        return best
 
     def _plan(self, rows_out, cols_out, inner, op_a, op_b, epilogue, data_type):
         """(descriptor, layouts, candidate algorithms) for one shape and epilogue."""
@@ -268,13 +278,22 @@ def _cublaslt():
 def _load_cublaslt():
     if not torch.cuda.is_available():
         return None
-    candidates = list(LIBRARY_NAMES)
-    for root in {os.path.dirname(os.path.dirname(torch.__file__))}:  # the nvidia-* wheels beside torch
-        candidates += sorted(glob.glob(os.path.join(root, "nvidia", "**", "libcublasLt.so*"), recursive=True))
-    for name in candidates:
+    # the copy PyTorch loaded comes first: its cuBLAS handle is only valid with that cuBLASLt
+    for name in mapped_libraries("libcublasLt.so") + list(LIBRARY_NAMES):
         try:
             return _CublasLt(ctypes.CDLL(name))
         except (OSError, AttributeError):  # not there, or not a cuBLASLt with these functions
             continue
     warnings.warn("libcublasLt could not be loaded: the MLP runs without its fused GELU epilogues")
     return None
+
+
+def mapped_libraries(stem):
+    """Paths of the shared libraries whose file name starts with stem that this process has loaded
+    (Linux's /proc/self/maps; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if len(line.split()) >= 6}
+    except OSError:
+        return []
+    return sorted(path for path in paths if os.path.basename(path).startswith(stem))

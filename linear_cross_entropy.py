@@ -107,8 +107,9 @@ def _token_losses(logits, targets, valid):
 def _loss_and_logit_gradient(logits, targets, ignore_index, fp8):
     """(the chunk's summed loss, (softmax - one_hot) * scale, its transposed copy with fp8 else None),
     0 on rows whose target is ignore_index; softmax in at least fp32. The gradient is float8 e5m2
-    scaled by LOGIT_GRADIENT_SCALE with fp8, else in the logits' dtype, unscaled. On CUDA one Triton
-    kernel (loss_kernels.py) reads the logits twice and writes the gradient (and its transposition)."""
+    scaled by LOGIT_GRADIENT_SCALE with fp8, else in the logits' dtype, unscaled. On CUDA a Triton
+    kernel (loss_kernels.py) makes the losses and the gradient, reading each row from memory about once,
+    and another the transposed copy."""
     scale = LOGIT_GRADIENT_SCALE if fp8 else 1.0
     if loss_kernels is not None and logits.is_cuda and logits.dtype in KERNEL_DTYPES:
         row_losses, grad = torch.ops.workbench.loss_and_logit_gradient(logits, targets, ignore_index, scale, fp8)

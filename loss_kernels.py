@@ -81,7 +81,7 @@ def _loss_kernel(logits_ptr, targets_ptr, row_loss_ptr, grad_ptr, rows, vocab, g
         # Inductor passes the Python float as fp64: multiplied as such, g would be fp64
         g = tl.where(c[None, :] == safe_target[:, None], p - 1.0, p) * tl.cast(grad_scale, tl.float32)
         g = tl.where(valid[:, None], g, 0.0)
-        if FP8:  # the buffer reaches the kernel as bytes or as float8 (Inductor passes the latter)
+        if FP8:  # stored through the uint8 view the op passes (a float8 pointer would take it too)
             g = g.to(tl.float8e5).to(grad_ptr.dtype.element_ty, bitcast=True)
         tl.store(grad_ptr + r[:, None] * vocab + c[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
 

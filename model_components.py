@@ -241,7 +241,7 @@ class StandardFFN(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        if fused_mlp.applies(self, x):  # on CUDA: the GELU inside the matmuls' epilogues, same result
+        if fused_mlp.applies(self, x):  # on CUDA: the GELU inside the matmuls' epilogues (fused_mlp.py)
             return self.dropout(fused_mlp.gelu_mlp(x, self.up_proj, self.down_proj))
         return self.dropout(self.down_proj(self.activation(self.up_proj(x))))
 
