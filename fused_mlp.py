@@ -141,7 +141,8 @@ class _CublasLt:
     algorithm cached per shape (the pointers are set on each call)."""
 
     def __init__(self, library):
-        pointer, pointer_out, integer, size = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_size_t
+        pointer, pointer_out = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
+        integer, size = ctypes.c_int, ctypes.c_size_t
         signatures = {
             "cublasLtMatmulDescCreate": [pointer_out, integer, integer],
             "cublasLtMatmulDescSetAttribute": [pointer, integer, pointer, size],
@@ -156,7 +157,6 @@ class _CublasLt:
             function.argtypes, function.restype = arguments, ctypes.c_int
         self.lib = library
         self.plans = {}  # shape key: (descriptor, layouts of a, b and out, algorithm)
-        self.timings = {}  # shape key: milliseconds of each candidate algorithm
         self.workspaces = {}
 
     def matmul(self, out, a, b, rows_out, cols_out, inner, epilogue, bias=None, aux=None):
@@ -168,9 +168,9 @@ class _CublasLt:
         if key not in self.plans:
             desc, layouts, candidates = self._plan(*key[:-1])
             self.plans[key] = (desc, layouts, None)
-            self.timings[key] = self._time_each([functools.partial(self._run, key, out, a, b, bias, aux, algo)
-                                                 for algo in candidates])
-            fastest = min(range(len(candidates)), key=self.timings[key].__getitem__)
+            timings = self._time_each([functools.partial(self._run, key, out, a, b, bias, aux, algo)
+                                       for algo in candidates])
+            fastest = min(range(len(candidates)), key=timings.__getitem__)
             self.plans[key] = (desc, layouts, candidates[fastest])
         self._run(key, out, a, b, bias, aux)
 
@@ -185,7 +185,8 @@ class _CublasLt:
         self._check(self.lib.cublasLtMatmul(
             ctypes.c_void_p(torch.cuda.current_blas_handle()), desc, ctypes.byref(alpha),
             ctypes.c_void_p(a[0].data_ptr()), layouts[0], ctypes.c_void_p(b[0].data_ptr()), layouts[1],
-            ctypes.byref(beta), ctypes.c_void_p(out.data_ptr()), layouts[2], ctypes.c_void_p(out.data_ptr()), layouts[2],
+            ctypes.byref(beta), ctypes.c_void_p(out.data_ptr()), layouts[2],  # C (unread: beta is 0) and D
+            ctypes.c_void_p(out.data_ptr()), layouts[2],
             ctypes.byref(chosen if algo is None else algo), ctypes.c_void_p(workspace.data_ptr()),
             ctypes.c_size_t(WORKSPACE_BYTES), ctypes.c_void_p(torch.cuda.current_stream(out.device).cuda_stream)),
             "cublasLtMatmul")

@@ -49,7 +49,8 @@ def test_loss_kernel_gives_row_losses_and_softmax_minus_one_hot():
         x, valid = logits.double(), targets != -1
         expected = torch.nn.functional.cross_entropy(x, targets, ignore_index=-1, reduction="none")
         torch.testing.assert_close(row_losses.double(), expected, rtol=1e-5, atol=1e-5)
-        expected_grad = 3 * (torch.softmax(x, 1) - torch.nn.functional.one_hot(targets.clamp(min=0), 100)) * valid[:, None]
+        one_hot = torch.nn.functional.one_hot(targets.clamp(min=0), 100)
+        expected_grad = 3 * (torch.softmax(x, 1) - one_hot) * valid[:, None]
         assert grad.dtype == torch.bfloat16 and torch.all(grad[2] == 0)
         torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-2, atol=1e-2)
         # float8: the interpreter's own e5m2 rounding is not the GPU's, so only the shape of the result here
