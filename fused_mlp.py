@@ -181,7 +181,7 @@ class _CublasLt:
         if aux is not None:
             self._set(desc, DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
         alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
-        workspace = self._workspace(out.device)
+        workspace = self.workspace(out.device)
         self._check(self.lib.cublasLtMatmul(
             ctypes.c_void_p(torch.cuda.current_blas_handle()), desc, ctypes.byref(alpha),
             ctypes.c_void_p(a[0].data_ptr()), layouts[0], ctypes.c_void_p(b[0].data_ptr()), layouts[1],
@@ -246,7 +246,7 @@ class _CublasLt:
         self._check(self.lib.cublasLtMatmulDescSetAttribute(desc, attribute, ctypes.byref(value),
                                                             ctypes.sizeof(value)), "cublasLtMatmulDescSetAttribute")
 
-    def _workspace(self, device):
+    def workspace(self, device):
         if device not in self.workspaces:
             self.workspaces[device] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         return self.workspaces[device]
@@ -282,9 +282,13 @@ def _load_cublaslt():
     # the copy PyTorch loaded comes first: its cuBLAS handle is only valid with that cuBLASLt
     for name in mapped_libraries("libcublasLt.so") + list(LIBRARY_NAMES):
         try:
-            return _CublasLt(ctypes.CDLL(name))
+            library = _CublasLt(ctypes.CDLL(name))
         except (OSError, AttributeError):  # not there, or not a cuBLASLt with these functions
             continue
+        # the workspace now, before the first matmul: that may run inside a CUDA graph's memory pool
+        # (compile_mode=reduce-overhead warms up there), which must not keep a tensor it did not return
+        library.workspace(torch.device("cuda", torch.cuda.current_device()))
+        return library
     warnings.warn("libcublasLt could not be loaded: the MLP runs without its fused GELU epilogues")
     return None
 

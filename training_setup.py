@@ -131,11 +131,18 @@ def select_attention_kernel(kernel, device):
 def accumulation_for(t, block_size, world_size):
     """Micro-steps per optimizer step; with total_batch_size the global batch in tokens stays what
     the config says whatever the number of ranks."""
-    if t.total_batch_size is None:
-        return t.gradient_accumulation_steps
-    micro_tokens = t.batch_size * block_size * world_size
-    if t.total_batch_size % micro_tokens:
-        raise ConfigError(f"total_batch_size={t.total_batch_size} tokens is not a multiple of one micro-batch "
-                          f"on all ranks (batch_size * block_size * world_size = {micro_tokens} tokens); use e.g. "
-                          f"{micro_tokens * max(1, round(t.total_batch_size / micro_tokens))}.")
-    return t.total_batch_size // micro_tokens
+    steps = t.gradient_accumulation_steps
+    if t.total_batch_size is not None:
+        micro_tokens = t.batch_size * block_size * world_size
+        if t.total_batch_size % micro_tokens:
+            raise ConfigError(f"total_batch_size={t.total_batch_size} tokens is not a multiple of one micro-batch "
+                              f"on all ranks (batch_size * block_size * world_size = {micro_tokens} tokens); use e.g. "
+                              f"{micro_tokens * max(1, round(t.total_batch_size / micro_tokens))}.")
+        steps = t.total_batch_size // micro_tokens
+    if steps > 1 and t.compile is not False and t.compile_mode == "reduce-overhead":
+        # measured on an H100: the second micro-step's backward fails ("accessing tensor output of
+        # CUDAGraphs that has been overwritten"), as the gradients of the first live in graph memory
+        raise ConfigError(f"compile_mode='reduce-overhead' (CUDA graphs) cannot accumulate gradients over {steps} "
+                          f"micro-steps: the graphs' memory holding one micro-step's gradients is overwritten by the "
+                          f"next. Use compile_mode='default', or a batch_size that needs no accumulation.")
+    return steps

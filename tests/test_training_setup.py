@@ -50,3 +50,18 @@ def test_speed_options_are_checked(options, words):
     with pytest.raises(ConfigError) as error:
         TrainConfig(**options)
     assert all(word in str(error.value) for word in words)
+
+
+def test_cuda_graphs_refuse_gradient_accumulation_with_a_clear_error():
+    from training_setup import accumulation_for
+
+    graphs = TrainConfig(batch_size=2, compile_mode="reduce-overhead", gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError, match=r"compile_mode='reduce-overhead'.*over 2 micro-steps.*compile_mode='default'"):
+        accumulation_for(graphs, 16, world_size=1)
+    by_tokens = TrainConfig(batch_size=2, compile_mode="reduce-overhead", total_batch_size=2 * 16 * 4)
+    with pytest.raises(ConfigError, match="over 4 micro-steps"):
+        accumulation_for(by_tokens, 16, world_size=1)
+    assert accumulation_for(TrainConfig(batch_size=2, compile_mode="reduce-overhead"), 16, world_size=1) == 1
+    assert accumulation_for(TrainConfig(batch_size=2, gradient_accumulation_steps=2), 16, world_size=1) == 2
+    uncompiled = TrainConfig(batch_size=2, compile=False, compile_mode="reduce-overhead", gradient_accumulation_steps=2)
+    assert accumulation_for(uncompiled, 16, world_size=1) == 2
