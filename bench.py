@@ -84,13 +84,14 @@ def measure(config, device, dtype, args):
         steps_done += 1
         if parts.pruner:  # as train.py's loop: masks tighten on the schedule, so timed steps run sparse
             parts.pruner.after_step(parts.optimizer, steps_done)
-        return result.loss.item()  # the loop's per-step loss check, a sync, as train.py does
+        return result.loss_value()  # the loop's per-step loss check, a wait for the step's forward, as train.py's
 
+    if cuda:  # the peak over warm-up too: CUDA graphs (compile_mode=reduce-overhead) allocate only while recording
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
         step()
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     losses = [step() for _ in range(args.steps)]
     if cuda:
