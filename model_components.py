@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fused_mlp
+import qkv_projection
 
 
 class UnknownComponentError(ValueError):
@@ -413,11 +414,12 @@ class _Attention(nn.Module):
 def _split_qkv(module, x):
     """q (B, H, T, hd), k and v (B, K, T, hd) from the fused projection, q and k normalised."""
     B, T, _ = x.shape
-    hd = module.head_dim
-    q, k, v = module.qkv_proj(x).split([module.n_head * hd, module.n_kv_head * hd, module.n_kv_head * hd], dim=-1)
-    q = module.q_norm(q.view(B, T, module.n_head, hd)).transpose(1, 2)
-    k = module.k_norm(k.view(B, T, module.n_kv_head, hd)).transpose(1, 2)
-    return q, k, v.view(B, T, module.n_kv_head, hd).transpose(1, 2)
+    heads, hd = (module.n_head, module.n_kv_head, module.n_kv_head), module.head_dim
+    if qkv_projection.applies(module.qkv_proj, x):  # on CUDA: one pass gathers the gradients and the bias sum
+        q, k, v = qkv_projection.project(x, module.qkv_proj, *heads[:2], hd)
+    else:
+        q, k, v = module.qkv_proj(x).view(B, T, sum(heads), hd).split(heads, dim=2)
+    return module.q_norm(q).transpose(1, 2), module.k_norm(k).transpose(1, 2), v.transpose(1, 2)
 
 
 def _init_qkv(module, cfg):

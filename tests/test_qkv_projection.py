@@ -1,0 +1,93 @@
+"""The q/k/v projection's gradient gather, run on the CPU by Triton's interpreter (in a subprocess:
+TRITON_INTERPRET must be set before the kernel is defined), and built for an H100 (sm_90)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import qkv_projection
+
+triton = pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _interpret(checks):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(checks)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_gather_writes_the_gradients_side_by_side_and_their_column_sums():
+    _interpret("""
+        import torch
+        import qkv_projection
+
+        qkv_projection.GATHER_TOKENS = 16  # several blocks, the last partly past the tokens (2 x 21 = 42)
+        torch.manual_seed(0)
+        B, T, H, K, d = 2, 21, 4, 2, 12  # grouped-query heads; d not a power of two
+        # laid out (B, heads, T, d) as the attention kernel returns them, seen as (B, T, heads, d)
+        grads = [torch.randn(B, heads, T, d).to(torch.bfloat16).transpose(1, 2) for heads in (H, K, K)]
+        out, bias_grad = torch.ops.workbench.gather_qkv_gradient(*grads)
+        expected = torch.cat([g.reshape(B * T, -1) for g in grads], dim=1)
+        assert out.shape == (B * T, (H + 2 * K) * d) and torch.equal(out, expected)
+        torch.testing.assert_close(bias_grad.float(), expected.float().sum(0), rtol=1e-2, atol=1e-2)
+        print("ok")
+    """)
+
+
+def test_projection_matches_the_plain_linear_and_split_in_values_and_gradients():
+    _interpret("""
+        import torch
+        from torch import nn
+        import qkv_projection
+
+        qkv_projection.GATHER_TOKENS = 16
+        torch.manual_seed(0)
+        B, T, C, H, K, d = 2, 20, 32, 4, 2, 8
+        linear = nn.Linear(C, (H + 2 * K) * d)
+        x = torch.randn(B, T, C, requires_grad=True)
+        fused = qkv_projection.project(x, linear, H, K, d)
+        plain = linear(x).view(B, T, H + 2 * K, d).split((H, K, K), dim=2)
+        upstream = [torch.randn_like(p) for p in plain]
+        for a, b in zip(fused, plain):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+        fused_grads = torch.autograd.grad(fused, (x, linear.weight, linear.bias), upstream)
+        plain_grads = torch.autograd.grad(plain, (x, linear.weight, linear.bias), upstream)
+        for a, b in zip(fused_grads, plain_grads):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        print("ok")
+    """)
+
+
+def test_applies_only_to_a_plain_biased_linear_on_cuda():
+    x = torch.randn(2, 3, 8)
+    assert not qkv_projection.applies(nn.Linear(8, 24), x)  # CPU
+    if torch.cuda.is_available():
+        assert qkv_projection.applies(nn.Linear(8, 24), x.cuda())
+        assert not qkv_projection.applies(nn.Linear(8, 24, bias=False), x.cuda())
+
+
+def test_gather_kernel_builds_for_sm90():
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {"source_ptr": "*bf16", "out_ptr": "*bf16", "partial_ptr": "*fp32", "tokens": "i32",
+                 "seq_len": "i32", "head_dim": "i32", "stride_b": "i32", "stride_t": "i32", "stride_h": "i32",
+                 "stride_d": "i32", "out_width": "i32", "first_column": "i32", "BLOCK_TOKENS": "constexpr",
+                 "BLOCK_D": "constexpr"}
+    constants = {"BLOCK_TOKENS": qkv_projection.GATHER_TOKENS, "BLOCK_D": 64}
+    try:
+        compiled = triton.compile(ASTSource(qkv_projection._gather_kernel, signature, constants),
+                                  target=GPUTarget("cuda", 90, 32))
+    except RuntimeError as error:
+        if "ptxas" in str(error).lower():
+            pytest.skip(f"no ptxas for sm_90 here: {error}")
+        raise
+    assert "ptx" in compiled.asm
