@@ -196,10 +196,11 @@ def train(run):
             result = train_step(run.step_model, run.optimizer, run.train_loader.next_batch, run.accumulation_steps,
                                 run.autocast, t.grad_clip, run.scaler, run.pruner, histograms_due(run),
                                 run.loss_settings)
-            # one small all-reduce and one sync a step: the mean loss over ranks, checked every step
-            # (a NaN on any rank stops every rank), whether any rank was asked to stop, and whether
-            # latest.pt is due (checkpoint_minutes reads each rank's clock; all ranks must agree)
-            loss, stop_requested, latest_due = step_consensus(run, result.loss, shutdown.requested,
+            # one small all-reduce and one sync a step (one process: a wait for the forward alone): the
+            # mean loss over ranks, checked every step (a NaN on any rank stops every rank), whether any
+            # rank was asked to stop, and whether latest.pt is due (checkpoint_minutes reads each rank's
+            # clock; all ranks must agree)
+            loss, stop_requested, latest_due = step_consensus(run, result, shutdown.requested,
                                                               clock.latest_due(progress.step + 1))
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
@@ -234,8 +235,11 @@ def train(run):
                   f"checkpoints in {run.checkpoints.folder}")
 
 
-def step_consensus(run, loss, *flags):
+def step_consensus(run, result, *flags):
     """(mean loss over ranks, then each flag: True when any rank raised it)."""
+    if run.dist.world_size == 1:  # waits for the step's forward only (StepResult.loss_value)
+        return result.loss_value(), *(bool(f) for f in flags)
+    loss = result.loss
     # new_full, not torch.tensor(..., device=cuda): a host-to-device copy would wait for the step
     values = torch.stack([loss.float(), *(loss.new_full((), float(bool(f)), dtype=torch.float32) for f in flags)])
     values = distributed.mean_across_ranks(values, run.dist).tolist()

@@ -14,6 +14,16 @@ from linear_cross_entropy import LossSettings
 class StepResult:
     loss: torch.Tensor  # mean loss over the micro-batches, detached, on the device
     grad_norm: torch.Tensor  # global gradient norm before clipping
+    loss_on_host: torch.Tensor  # the same value, copied to the host as soon as the last forward has made it
+    loss_copied: object  # a CUDA event recorded after that copy (None elsewhere: the copy is done)
+
+    def loss_value(self):
+        """The loss as a float. Waits for the last forward only, not for the backward and the
+        update queued after it, so the next step is queued while this one still runs: waiting for
+        the whole step (loss.item()) leaves the GPU idle while the next step is launched."""
+        if self.loss_copied is not None:
+            self.loss_copied.synchronize()
+        return self.loss_on_host.item()
 
 
 def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_clip, scaler=None, pruner=None,
@@ -31,8 +41,10 @@ def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_
         with gradient_sync(model, micro_step == accumulation_steps - 1), autocast:
             loss = model(x, y, loss_settings=loss_settings)[1]  # no reference to logits kept
             scaled = loss / accumulation_steps
+            total_loss += scaled.detach()
+            if micro_step == accumulation_steps - 1:
+                loss_on_host, loss_copied = _copy_to_host(total_loss)
             (scaler.scale(scaled) if scaler else scaled).backward()
-        total_loss += scaled.detach()
     if scaler:
         scaler.unscale_(optimizer)
     if pruner:  # movement scores from the full gradient, then pruned weights' gradients zeroed
@@ -51,4 +63,15 @@ def train_step(model, optimizer, next_batch, accumulation_steps, autocast, grad_
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=total_loss, grad_norm=grad_norm)
+    return StepResult(loss=total_loss, grad_norm=grad_norm, loss_on_host=loss_on_host, loss_copied=loss_copied)
+
+
+def _copy_to_host(value):
+    """(a host copy of value, a CUDA event that completes with the copy, or None off CUDA)."""
+    if not value.is_cuda:
+        return value.clone(), None
+    on_host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)  # pinned: the copy does not block
+    on_host.copy_(value, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return on_host, copied

@@ -49,3 +49,12 @@ def test_gradients_are_cleared_after_the_step():
     model, x, y = _model_and_batches()
     _sgd_step(model, [(x, y)], 1)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_host_copy_of_the_loss_is_the_accumulated_loss():
+    model, x, y = _model_and_batches()
+    result = _sgd_step(model, [(x[i:i + 4], y[i:i + 4]) for i in (0, 4)], 2)
+    assert result.loss_copied is None  # CPU: the copy is done when the step returns
+    assert result.loss_value() == result.loss.item() and result.loss_on_host.device.type == "cpu"
+    result.loss.add_(1.0)  # a copy, not the device tensor itself
+    assert result.loss_value() != result.loss.item()
