@@ -5,7 +5,8 @@ The attention kernel returns the gradients of q, k and v as three (B, heads, T, 
 The projection's weight and input gradients need them side by side as one (B*T, width) matrix, and
 its bias gradient is that matrix's column sum. Written in torch, torch.compile makes that two
 kernels: a copy that gathers the matrix, and a sum that reads the three gradients again. Here one
-kernel writes the matrix and each tile's column sums, so the gradients are read once.
+kernel writes the matrix and each tile's column sums, so the gradients are read once. Measured on an
+H100 at GPT-2 124M sizes: 122 us per layer against 97.5 + 51 us, and +0.5-0.7% tokens/s per step.
 
 project(x, linear, n_head, n_kv_head, head_dim) returns q (B, T, n_head, head_dim) and k, v
 (B, T, n_kv_head, head_dim), views of one projection as `linear(x).split(...)` gives them.
