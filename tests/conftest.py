@@ -39,3 +39,37 @@ def tiny_ablation_args(tmp_path, char_data, max_iters):
             f"--eval_interval={max_iters}", "--eval_iters=2", "--device=cpu", "--compile=False", "--logger_backends=[]",
             f"--data_dir={char_data}", "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'runs'}",
             f"--checkpoint_dir={tmp_path / 'checkpoints'}"]
+
+
+@pytest.fixture
+def triton_interpreter():
+    """run(checks): runs the Python source `checks` in a subprocess with Triton's interpreter
+    (TRITON_INTERPRET must be set before kernels are defined) and expects it to print "ok"."""
+    import subprocess
+    import textwrap
+
+    def run(checks):
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(checks)], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    return run
+
+
+@pytest.fixture
+def build_for_sm90():
+    """build(kernel, signature, constants, **options): the kernel compiled for an H100 (sm_90) as
+    torch.compile would build it; skips where no ptxas for sm_90 is installed."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    def build(kernel, signature, constants, **options):
+        try:
+            return triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options=options)
+        except RuntimeError as error:
+            if "ptxas" in str(error).lower():
+                pytest.skip(f"no ptxas for sm_90 here: {error}")
+            raise
+    return build

@@ -1,28 +1,13 @@
 """The Triton kernels of the fused loss, run on the CPU by Triton's interpreter (in a subprocess:
 TRITON_INTERPRET must be set before the kernels are defined), and built for an H100 (sm_90) the way
 torch.compile builds them."""
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
-triton = pytest.importorskip("triton")
-
-ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("triton")
 
 
-def _interpret(checks):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(checks)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
-
-
-def test_transpose_kernel_copies_every_element_to_its_transposed_place():
-    _interpret("""
+def test_transpose_kernel_copies_every_element_to_its_transposed_place(triton_interpreter):
+    triton_interpreter("""
         import torch
         import loss_kernels
 
@@ -35,8 +20,8 @@ def test_transpose_kernel_copies_every_element_to_its_transposed_place():
     """)
 
 
-def test_loss_kernel_gives_row_losses_and_softmax_minus_one_hot():
-    _interpret("""
+def test_loss_kernel_gives_row_losses_and_softmax_minus_one_hot(triton_interpreter):
+    triton_interpreter("""
         import torch
         import loss_kernels
 
@@ -63,23 +48,14 @@ def test_loss_kernel_gives_row_losses_and_softmax_minus_one_hot():
 
 
 @pytest.mark.parametrize("grad_type, fp8", [("*bf16", False), ("*u8", True), ("*fp8e5", True)])
-def test_loss_kernel_builds_for_sm90_with_the_argument_types_inductor_passes(grad_type, fp8):
+def test_loss_kernel_builds_for_sm90_with_the_argument_types_inductor_passes(grad_type, fp8, build_for_sm90):
     """torch.compile passes the Python float grad_scale as fp64 and the float8 buffer as bytes or
     float8; an fp64 gradient has no conversion to float8, so that build failed before the cast."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     import loss_kernels
 
     signature = {"logits_ptr": "*bf16", "targets_ptr": "*i64", "row_loss_ptr": "*fp32", "grad_ptr": grad_type,
                  "rows": "i32", "vocab": "i32", "grad_scale": "fp64", "ignore_index": "i32",
                  "BLOCK_ROWS": "constexpr", "BLOCK_VOCAB": "constexpr", "FP8": "constexpr"}
     constants = {"BLOCK_ROWS": loss_kernels.LOSS_ROWS, "BLOCK_VOCAB": loss_kernels.LOSS_VOCAB, "FP8": fp8}
-    source = ASTSource(loss_kernels._loss_kernel, signature, constants)
-    try:
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-    except RuntimeError as error:
-        if "ptxas" in str(error).lower():
-            pytest.skip(f"no ptxas for sm_90 here: {error}")
-        raise
+    compiled = build_for_sm90(loss_kernels._loss_kernel, signature, constants, num_warps=8)
     assert "ptx" in compiled.asm

@@ -1,31 +1,16 @@
 """The q/k/v projection's gradient gather, run on the CPU by Triton's interpreter (in a subprocess:
 TRITON_INTERPRET must be set before the kernel is defined), and built for an H100 (sm_90)."""
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 import qkv_projection
 
-triton = pytest.importorskip("triton")
-
-ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("triton")
 
 
-def _interpret(checks):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(checks)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
-
-
-def test_gather_writes_the_gradients_side_by_side_and_their_column_sums():
-    _interpret("""
+def test_gather_writes_the_gradients_side_by_side_and_their_column_sums(triton_interpreter):
+    triton_interpreter("""
         import torch
         import qkv_projection
 
@@ -42,8 +27,8 @@ def test_gather_writes_the_gradients_side_by_side_and_their_column_sums():
     """)
 
 
-def test_projection_matches_the_plain_linear_and_split_in_values_and_gradients():
-    _interpret("""
+def test_projection_matches_the_plain_linear_and_split_in_values_and_gradients(triton_interpreter):
+    triton_interpreter("""
         import torch
         from torch import nn
         import qkv_projection
@@ -74,20 +59,12 @@ def test_applies_only_to_a_plain_biased_linear_on_cuda():
         assert not qkv_projection.applies(nn.Linear(8, 24, bias=False), x.cuda())
 
 
-def test_gather_kernel_builds_for_sm90():
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+def test_gather_kernel_builds_for_sm90(build_for_sm90):
     signature = {"source_ptr": "*bf16", "out_ptr": "*bf16", "partial_ptr": "*fp32", "tokens": "i32",
                  "seq_len": "i32", "head_dim": "i32", "stride_b": "i32", "stride_t": "i32", "stride_h": "i32",
                  "stride_d": "i32", "out_width": "i32", "first_column": "i32", "BLOCK_TOKENS": "constexpr",
                  "BLOCK_D": "constexpr"}
     constants = {"BLOCK_TOKENS": qkv_projection.GATHER_TOKENS, "BLOCK_D": 64}
-    try:
-        compiled = triton.compile(ASTSource(qkv_projection._gather_kernel, signature, constants),
-                                  target=GPUTarget("cuda", 90, 32))
-    except RuntimeError as error:
-        if "ptxas" in str(error).lower():
-            pytest.skip(f"no ptxas for sm_90 here: {error}")
-        raise
+    compiled = build_for_sm90(qkv_projection._gather_kernel, signature, constants,
+                              num_warps=qkv_projection.GATHER_WARPS)
     assert "ptx" in compiled.asm
