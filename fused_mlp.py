@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hardware
+
 # values from cublasLt.h / library_types.h (stable across CUDA 11-13)
 CUDA_R_16F, CUDA_R_16BF, CUDA_R_32F = 2, 14, 0
 CUBLAS_COMPUTE_32F = 68
@@ -43,7 +45,7 @@ DATA_TYPES = {torch.bfloat16: CUDA_R_16BF, torch.float16: CUDA_R_16F}
 def applies(ffn, x):
     """Whether gelu_mlp can run this MLP on x: a CUDA tensor, an MLP that supported() accepts, and
     libcublasLt loadable."""
-    return x.is_cuda and supported(ffn, _matmul_dtype(x)) and _cublaslt_loadable()
+    return x.is_cuda and supported(ffn, hardware.matmul_dtype(x)) and _cublaslt_loadable()
 
 
 def supported(ffn, dtype):
@@ -57,18 +59,13 @@ def supported(ffn, dtype):
 
 def gelu_mlp(x, up_proj, down_proj):
     """down_proj(gelu_tanh(up_proj(x))), in the autocast dtype when autocast is on."""
-    dtype = _matmul_dtype(x)
+    dtype = hardware.matmul_dtype(x)
     cast = (lambda t: None if t is None else t.to(dtype))
     shape = x.shape
     with torch.autocast(x.device.type, enabled=False):
         out = _GeluMLP.apply(x.reshape(-1, shape[-1]).to(dtype), cast(up_proj.weight), cast(up_proj.bias),
                              cast(down_proj.weight), cast(down_proj.bias))
     return out.reshape(*shape[:-1], out.shape[-1])
-
-
-def _matmul_dtype(x):
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 class _GeluMLP(torch.autograd.Function):

@@ -103,6 +103,13 @@ def autocast_context(device: str, dtype_name: str):
     return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype_name])
 
 
+def matmul_dtype(x):
+    """The dtype a matmul on x runs in: autocast's when autocast is on for x's device, else x's own.
+    The fused kernels (fused_mlp, qkv_projection) cast to it and run with autocast off."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def enable_tf32():
     """float32 matmuls in TF32 on tensor cores (Ampere and later); a no-op without CUDA.
 

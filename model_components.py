@@ -416,7 +416,7 @@ def _split_qkv(module, x):
     B, T, _ = x.shape
     heads, hd = (module.n_head, module.n_kv_head, module.n_kv_head), module.head_dim
     if qkv_projection.applies(module.qkv_proj, x):  # on CUDA: one pass gathers the gradients and the bias sum
-        q, k, v = qkv_projection.project(x, module.qkv_proj, *heads[:2], hd)
+        q, k, v = qkv_projection.project(x, module.qkv_proj, heads, hd)
     else:
         q, k, v = module.qkv_proj(x).view(B, T, sum(heads), hd).split(heads, dim=2)
     return module.q_norm(q).transpose(1, 2), module.k_norm(k).transpose(1, 2), v.transpose(1, 2)

@@ -8,12 +8,14 @@ kernels: a copy that gathers the matrix, and a sum that reads the three gradient
 kernel writes the matrix and each tile's column sums, so the gradients are read once. Measured on an
 H100 at GPT-2 124M sizes: 122 us per layer against 97.5 + 51 us, and +0.5-0.7% tokens/s per step.
 
-project(x, linear, n_head, n_kv_head, head_dim) returns q (B, T, n_head, head_dim) and k, v
+project(x, linear, (n_head, n_kv_head, n_kv_head), head_dim) returns q (B, T, n_head, head_dim) and k, v
 (B, T, n_kv_head, head_dim), views of one projection as `linear(x).split(...)` gives them.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+import hardware
 
 try:
     import triton
@@ -31,14 +33,14 @@ def applies(linear, x):
     return x.is_cuda and triton is not None and type(linear) is nn.Linear and linear.bias is not None
 
 
-def project(x, linear, n_head, n_kv_head, head_dim):
-    """q, k, v = linear(x) split into heads, with the gradient gather of this module in backward."""
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+def project(x, linear, heads, head_dim):
+    """q, k, v = linear(x) split into (n_head, n_kv_head, n_kv_head) = heads heads, with the gradient
+    gather of this module in backward."""
+    dtype = hardware.matmul_dtype(x)
     B, T, C = x.shape
-    with torch.autocast(device, enabled=False):
+    with torch.autocast(x.device.type, enabled=False):
         return _QKVProjection.apply(x.reshape(B * T, C).to(dtype), linear.weight.to(dtype), linear.bias.to(dtype),
-                                    B, (n_head, n_kv_head, n_kv_head), head_dim)
+                                    B, heads, head_dim)
 
 
 class _QKVProjection(torch.autograd.Function):

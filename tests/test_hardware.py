@@ -112,3 +112,11 @@ def test_device_facts_on_cpu():
 def test_cpu_memory_is_the_process_rss():
     stats = hardware.memory_stats("cpu")
     assert stats["memory_rss_mib"] > 0 and stats["memory_peak_rss_mib"] > 0
+
+
+def test_matmul_dtype_is_autocasts_when_it_is_on_for_the_tensors_device():
+    x = torch.randn(2, 3)
+    assert hardware.matmul_dtype(x) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert hardware.matmul_dtype(x) == torch.bfloat16
+    assert hardware.matmul_dtype(x.to(torch.float16)) == torch.float16

@@ -38,7 +38,7 @@ def test_projection_matches_the_plain_linear_and_split_in_values_and_gradients(t
         B, T, C, H, K, d = 2, 20, 32, 4, 2, 8
         linear = nn.Linear(C, (H + 2 * K) * d)
         x = torch.randn(B, T, C, requires_grad=True)
-        fused = qkv_projection.project(x, linear, H, K, d)
+        fused = qkv_projection.project(x, linear, (H, K, K), d)
         plain = linear(x).view(B, T, H + 2 * K, d).split((H, K, K), dim=2)
         upstream = [torch.randn_like(p) for p in plain]
         for a, b in zip(fused, plain):
