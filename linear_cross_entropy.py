@@ -84,7 +84,9 @@ def _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, fp8, gradie
     exact = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums in at least fp32
     loss = torch.zeros((), dtype=exact, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if gradients else None
-    grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device) if gradients else None
+    grad_weight = None
+    # the weight gradient sums over chunks in fp32; one chunk's comes straight in the weight's dtype
+    weight_grad_dtype = weight.dtype if hidden.shape[0] <= chunk_rows else exact
     for start in range(0, hidden.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         logits = matmuls.logits(rows)
@@ -93,8 +95,9 @@ def _chunked_loss(hidden, weight, targets, ignore_index, chunk_rows, fp8, gradie
             continue
         chunk_loss, logit_grad, logit_grad_t = _loss_and_logit_gradient(logits, raw_targets[rows], ignore_index, fp8)
         loss += chunk_loss.to(exact)
-        grad_hidden[rows], chunk_grad_weight = matmuls.gradients(logit_grad, logit_grad_t, rows, count)
-        grad_weight += chunk_grad_weight
+        grad_hidden[rows], chunk_grad_weight = matmuls.gradients(logit_grad, logit_grad_t, rows, count,
+                                                                 weight_grad_dtype)
+        grad_weight = chunk_grad_weight if grad_weight is None else grad_weight.add_(chunk_grad_weight)
     return loss / count, grad_hidden, grad_weight.to(weight.dtype) if gradients else None
 
 
@@ -133,10 +136,11 @@ class _Matmuls:
     def logits(self, rows):
         return self.hidden[rows] @ self.weight.T
 
-    def gradients(self, logit_grad, logit_grad_t, rows, count):
-        """(d loss / d hidden[rows], this chunk's share of d loss / d weight) for the mean loss over
-        count tokens (divided after the products, so the logits' gradient needs no per-batch scale)."""
-        return (logit_grad @ self.weight) / count, (logit_grad.T @ self.hidden[rows]) / count
+    def gradients(self, logit_grad, logit_grad_t, rows, count, weight_grad_dtype):
+        """(d loss / d hidden[rows], this chunk's share of d loss / d weight in weight_grad_dtype) for
+        the mean loss over count tokens (divided after the products, so the logits' gradient needs no
+        per-batch scale)."""
+        return (logit_grad @ self.weight) / count, ((logit_grad.T @ self.hidden[rows]) / count).to(weight_grad_dtype)
 
 
 class _Float8Matmuls:
@@ -155,12 +159,12 @@ class _Float8Matmuls:
         return torch._scaled_mm(self.hidden[rows], self.weight.T, scale_a=self.hidden_scale,
                                 scale_b=self.weight_scale, out_dtype=self.out_dtype, use_fast_accum=True)
 
-    def gradients(self, logit_grad, logit_grad_t, rows, count):
+    def gradients(self, logit_grad, logit_grad_t, rows, count, weight_grad_dtype):
         grad_scale = (1.0 / (count * LOGIT_GRADIENT_SCALE)).float()
         grad_hidden = torch._scaled_mm(logit_grad, self.weight_columns.T, scale_a=grad_scale,
                                        scale_b=self.weight_scale, out_dtype=self.out_dtype)
         grad_weight = torch._scaled_mm(logit_grad_t, self.hidden_columns[:, rows].T,
-                                       scale_a=grad_scale, scale_b=self.hidden_scale, out_dtype=torch.float32)
+                                       scale_a=grad_scale, scale_b=self.hidden_scale, out_dtype=weight_grad_dtype)
         return grad_hidden, grad_weight
 
 
