@@ -58,3 +58,22 @@ def test_the_host_copy_of_the_loss_is_the_accumulated_loss():
     assert result.loss_value() == result.loss.item() and result.loss_on_host.device.type == "cpu"
     result.loss.add_(1.0)  # a copy, not the device tensor itself
     assert result.loss_value() != result.loss.item()
+
+
+def test_fused_adamw_clipping_inside_its_step_equals_clipping_the_gradients_first():
+    """train_step hands torch's fused AdamW the clipping factor as its grad_scale instead of scaling
+    the gradients; the update must be the one clip_grad_norm_ + a plain AdamW step makes. eps=1 makes
+    the update depend on the gradients' scale (Adam's is otherwise almost scale-free)."""
+    runs = []
+    for options, grad_clip in ((dict(fused=True), 1e-2), (dict(foreach=False), 1e-2), (dict(fused=True), 0.0)):
+        model, x, y = _model_and_batches()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, eps=1.0, **options)
+        result = train_step(model, optimizer, lambda: (x, y), 1, contextlib.nullcontext(), grad_clip=grad_clip)
+        assert not hasattr(optimizer, "grad_scale")
+        runs.append((result.grad_norm, [p.detach() for p in model.parameters()]))
+    (fused_norm, fused), (plain_norm, plain), (_, unclipped) = runs
+    torch.testing.assert_close(fused_norm, plain_norm)
+    assert fused_norm > 1e-2  # the clipping is active
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert max((a - b).abs().max() for a, b in zip(fused, unclipped)) > 1e-4
