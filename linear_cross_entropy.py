@@ -8,7 +8,7 @@ loss_kernels.py; torch elsewhere), then straight into the gradients for the hidd
 dropped. Backward only scales the stored gradients. The matmul work is the usual three (forward,
 and the two gradient products).
 
-fp8=True runs those three matmuls in float8 (torch._scaled_mm, compute capability 8.9+): hidden
+fp8=True runs those three matmuls in float8 (cublaslt.scaled_mm, compute capability 8.9+): hidden
 states and weight in e4m3 with per-tensor scales from their absolute maxima, the logits' gradient
 in e5m2 with a fixed scale. The fixed scale needs no pass over the logits: softmax - one_hot lies
 in (-1, 1), so times 2^15 it stays under e5m2's largest value (57344), and probabilities down to
@@ -17,6 +17,8 @@ in (-1, 1), so times 2^15 it stays under e5m2's largest value (57344), and proba
 from dataclasses import dataclass
 
 import torch
+
+import cublaslt  # noqa: F401  (registers workbench::scaled_mm, the tuned float8 matmul)
 
 try:
     import loss_kernels  # a Triton kernel for CUDA tensors
@@ -144,7 +146,7 @@ class _Matmuls:
 
 
 class _Float8Matmuls:
-    """The LM head's matmuls in float8. torch._scaled_mm wants its first operand row-major and its
+    """The LM head's matmuls in float8. scaled_mm wants its first operand row-major and its
     second column-major, so each product reads a transposed copy of one operand: the weight's for
     d hidden, the logits' gradient's for d weight (a pass over it, still cheaper than the bf16 product)."""
     def __init__(self, hidden, weight, gradients):
@@ -156,15 +158,15 @@ class _Float8Matmuls:
             self.weight_columns = self.weight.T.contiguous()  # (d, V): the weight as a column-major operand
 
     def logits(self, rows):
-        return torch._scaled_mm(self.hidden[rows], self.weight.T, scale_a=self.hidden_scale,
-                                scale_b=self.weight_scale, out_dtype=self.out_dtype, use_fast_accum=True)
+        return torch.ops.workbench.scaled_mm(self.hidden[rows], self.weight.T, self.hidden_scale, self.weight_scale,
+                                             self.out_dtype, True)
 
     def gradients(self, logit_grad, logit_grad_t, rows, count, weight_grad_dtype):
         grad_scale = (1.0 / (count * LOGIT_GRADIENT_SCALE)).float()
-        grad_hidden = torch._scaled_mm(logit_grad, self.weight_columns.T, scale_a=grad_scale,
-                                       scale_b=self.weight_scale, out_dtype=self.out_dtype)
-        grad_weight = torch._scaled_mm(logit_grad_t, self.hidden_columns[:, rows].T,
-                                       scale_a=grad_scale, scale_b=self.hidden_scale, out_dtype=weight_grad_dtype)
+        grad_hidden = torch.ops.workbench.scaled_mm(logit_grad, self.weight_columns.T, grad_scale, self.weight_scale,
+                                                    self.out_dtype, False)
+        grad_weight = torch.ops.workbench.scaled_mm(logit_grad_t, self.hidden_columns[:, rows].T, grad_scale,
+                                                    self.hidden_scale, weight_grad_dtype, False)
         return grad_hidden, grad_weight
 
 

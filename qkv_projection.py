@@ -7,14 +7,15 @@ its bias gradient is that matrix's column sum. Written in torch, torch.compile m
 kernels: a copy that gathers the matrix, and a sum that reads the three gradients again. Here one
 kernel writes the matrix and each tile's column sums, so the gradients are read once. Measured on an
 H100 at GPT-2 124M sizes: 122 us per layer against 97.5 + 51 us, and +0.5-0.7% tokens/s per step.
+The forward product is cublaslt's tuned linear (0.161 against 0.180 ms at those sizes).
 
 project(x, linear, (n_head, n_kv_head, n_kv_head), head_dim) returns q (B, T, n_head, head_dim) and k, v
 (B, T, n_kv_head, head_dim), views of one projection as `linear(x).split(...)` gives them.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import cublaslt  # noqa: F401  (registers workbench::linear, the tuned matmul)
 import hardware
 
 try:
@@ -47,7 +48,7 @@ class _QKVProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, batch, heads, head_dim):
         ctx.save_for_backward(x, weight)
-        out = F.linear(x, weight, bias).view(batch, -1, sum(heads), head_dim)
+        out = torch.ops.workbench.linear(x, weight, bias).view(batch, -1, sum(heads), head_dim)
         return tuple(out.split(heads, dim=2))
 
     @staticmethod
