@@ -45,11 +45,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 @linear.register_kernel("cuda")
 def _linear_cuda(x, weight, bias):
-    if not loadable() or x.dtype not in (torch.bfloat16, torch.float16):
+    half = (torch.bfloat16, torch.float16)
+    if not (loadable() and x.dtype in half and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
+            and x.shape[1] % 8 == 0 and weight.shape[0] % 8 == 0):  # 16-byte rows, as cuBLASLt wants them
         return F.linear(x, weight, bias)
     out = x.new_empty(x.shape[0], weight.shape[0])
     # column-major: out^T (N x M) = weight (N x K, stored K x N, transposed) @ x^T (K x M)
-    matmul(out, (_rows_contiguous(weight), OP_T), (_rows_contiguous(x), OP_N), rows_out=weight.shape[0],
+    matmul(out, (_operand(weight), OP_T), (_operand(x), OP_N), rows_out=weight.shape[0],
            cols_out=x.shape[0], inner=x.shape[1], epilogue=EPILOGUE_DEFAULT if bias is None else EPILOGUE_BIAS,
            bias=bias)
     return out
@@ -74,7 +76,7 @@ def _scaled_mm_cuda(a, b, scale_a, scale_b, out_dtype, fast_accum):
         return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, use_fast_accum=fast_accum)
     out = a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
     # column-major: out^T (N x M) = b^T (N x K: b column-major, transposed) @ a^T (K x M)
-    matmul(out, (_rows_contiguous(b.T), OP_T), (_rows_contiguous(a), OP_N), rows_out=b.shape[1],
+    matmul(out, (_operand(b.T), OP_T), (_operand(a), OP_N), rows_out=b.shape[1],
            cols_out=a.shape[0], inner=a.shape[1], scales=(scale_b, scale_a), fast_accum=fast_accum)
     return out
 
@@ -84,10 +86,13 @@ def _(a, b, scale_a, scale_b, out_dtype, fast_accum):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 
-def _rows_contiguous(matrix):
-    """matrix itself where its rows are contiguous and do not overlap (a leading dimension cuBLASLt
-    takes), else a contiguous copy."""
-    return matrix if matrix.stride(1) == 1 and matrix.stride(0) >= matrix.shape[1] else matrix.contiguous()
+def _operand(matrix):
+    """matrix itself where cuBLASLt can read it in place (rows contiguous and not overlapping, its
+    start and row stride 16-byte aligned: the row stride becomes the leading dimension), else a
+    contiguous copy."""
+    aligned = matrix.data_ptr() % 16 == 0 and matrix.stride(0) * matrix.element_size() % 16 == 0
+    in_place = matrix.stride(1) == 1 and matrix.stride(0) >= matrix.shape[1] and aligned
+    return matrix if in_place else matrix.contiguous()
 
 
 class _CublasLt:

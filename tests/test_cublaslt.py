@@ -1,5 +1,6 @@
 """cublaslt.py: its custom ops (checked with torch.library.opcheck, and against torch, on the CPU,
-where they run torch's own kernels: the cuBLASLt calls need a GPU) and how it finds libcublasLt."""
+where they run torch's own kernels: the cuBLASLt calls need a GPU), which operands it reads in
+place, and how it finds libcublasLt."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,26 @@ def test_scaled_mm_op_is_torch_scaled_mm():
     torch.testing.assert_close(out, a.float() @ b.float(), rtol=1e-5, atol=1e-4)
 
 
-def test_rows_contiguous_keeps_row_strided_views_and_copies_the_rest():
-    padded = torch.randn(4, 10)
-    assert cublaslt._rows_contiguous(padded[:, :8]).data_ptr() == padded.data_ptr()  # leading dimension 10
-    columns = padded.T
-    copied = cublaslt._rows_contiguous(columns)
-    assert copied.is_contiguous() and torch.equal(copied, columns)
+def test_operands_are_read_in_place_only_with_aligned_contiguous_rows():
+    padded = torch.randn(4, 12)
+    assert cublaslt._operand(padded[:, :8]).data_ptr() == padded.data_ptr()  # leading dimension 12 (48 bytes)
+    for unusable in (padded.T, torch.randn(4, 10)[:, :8], padded[:, 1:9]):  # columns; 40-byte rows; unaligned start
+        copied = cublaslt._operand(unusable)
+        assert copied.is_contiguous() and copied.data_ptr() != unusable.data_ptr() and torch.equal(copied, unusable)
+
+
+def test_linear_takes_torch_where_cublaslt_cannot(monkeypatch):
+    """Rows that are not 16-byte multiples, or fp32, run F.linear even with cuBLASLt loaded (here
+    pretended: a call to it fails the test)."""
+    monkeypatch.setattr(cublaslt, "loadable", lambda: True)
+    monkeypatch.setattr(cublaslt, "matmul", lambda *args, **kwargs: pytest.fail("cuBLASLt called"))
+    cases = [(torch.randn(6, 12).bfloat16(), torch.randn(16, 12).bfloat16(), None),  # K = 12
+             (torch.randn(6, 16).bfloat16(), torch.randn(12, 16).bfloat16(), None),  # N = 12
+             (torch.randn(6, 16), torch.randn(16, 16), None)]  # fp32
+    for x, weight, bias in cases:
+        torch.testing.assert_close(cublaslt._linear_cuda(x, weight, bias), F.linear(x, weight, bias))
+    with pytest.raises(pytest.fail.Exception):  # and sizes it takes do reach it
+        cublaslt._linear_cuda(torch.randn(6, 16).bfloat16(), torch.randn(16, 16).bfloat16(), None)
 
 
 def test_mapped_libraries_finds_what_this_process_loaded():
