@@ -144,7 +144,7 @@ class _CublasLt:
             if tensor is not None:
                 self._set(desc, attribute, ctypes.c_void_p(tensor.data_ptr()))
         alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
-        workspace = self.workspace(out.device)
+        workspace = self._workspace(out.device)
         self._check(self.lib.cublasLtMatmul(
             ctypes.c_void_p(torch.cuda.current_blas_handle()), desc, ctypes.byref(alpha),
             ctypes.c_void_p(a[0].data_ptr()), layouts[0], ctypes.c_void_p(b[0].data_ptr()), layouts[1],
@@ -213,7 +213,7 @@ class _CublasLt:
         self._check(self.lib.cublasLtMatmulDescSetAttribute(desc, attribute, ctypes.byref(value),
                                                             ctypes.sizeof(value)), "cublasLtMatmulDescSetAttribute")
 
-    def workspace(self, device):
+    def _workspace(self, device):
         if device not in self.workspaces:
             self.workspaces[device] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         return self.workspaces[device]
@@ -261,7 +261,7 @@ def _load_cublaslt():
             continue
         # the workspace now, before the first matmul: that may run inside a CUDA graph's memory pool
         # (compile_mode=reduce-overhead warms up there), which must not keep a tensor it did not return
-        library.workspace(torch.device("cuda", torch.cuda.current_device()))
+        library._workspace(torch.device("cuda", torch.cuda.current_device()))
         return library
     warnings.warn("libcublasLt could not be loaded: the matmuls run through torch, without the fused GELU epilogues")
     return None
