@@ -51,7 +51,7 @@ def _linear_cuda(x, weight, bias):
         return F.linear(x, weight, bias)
     out = x.new_empty(x.shape[0], weight.shape[0])
     # column-major: out^T (N x M) = weight (N x K, stored K x N, transposed) @ x^T (K x M)
-    matmul(out, (_operand(weight), OP_T), (_operand(x), OP_N), rows_out=weight.shape[0],
+    matmul(out, (weight, OP_T), (x, OP_N), rows_out=weight.shape[0],
            cols_out=x.shape[0], inner=x.shape[1], epilogue=EPILOGUE_DEFAULT if bias is None else EPILOGUE_BIAS,
            bias=bias)
     return out
@@ -76,7 +76,7 @@ def _scaled_mm_cuda(a, b, scale_a, scale_b, out_dtype, fast_accum):
         return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, use_fast_accum=fast_accum)
     out = a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
     # column-major: out^T (N x M) = b^T (N x K: b column-major, transposed) @ a^T (K x M)
-    matmul(out, (_operand(b.T), OP_T), (_operand(a), OP_N), rows_out=b.shape[1],
+    matmul(out, (b.T, OP_T), (a, OP_N), rows_out=b.shape[1],
            cols_out=a.shape[0], inner=a.shape[1], scales=(scale_b, scale_a), fast_accum=fast_accum)
     return out
 
@@ -240,7 +240,9 @@ def loadable():
 
 def matmul(out, a, b, rows_out, cols_out, inner, epilogue=EPILOGUE_DEFAULT, bias=None, aux=None, scales=None,
            fast_accum=False):
-    """out = op(a) @ op(b) in column-major terms, as _CublasLt.matmul says; loadable() must be True."""
+    """out = op(a) @ op(b) in column-major terms, as _CublasLt.matmul says, a and b (tensor, op) pairs;
+    an operand cuBLASLt cannot read in place is copied first (_operand). loadable() must be True."""
+    a, b = (_operand(a[0]), a[1]), (_operand(b[0]), b[1])
     _cublaslt().matmul(out, a, b, rows_out, cols_out, inner, epilogue, bias, aux, scales, fast_accum)
 
 

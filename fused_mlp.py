@@ -95,7 +95,7 @@ def _gelu_up_projection_cuda(x, weight, bias):
     hidden = x.new_empty(rows, width)
     pre_activation = x.new_empty(rows, width)
     # column-major view: hidden^T (N x M) = weight (N x K, stored K x N, transposed) @ x^T (K x M)
-    cublaslt.matmul(hidden, (weight.contiguous(), cublaslt.OP_T), (x.contiguous(), cublaslt.OP_N), rows_out=width,
+    cublaslt.matmul(hidden, (weight, cublaslt.OP_T), (x, cublaslt.OP_N), rows_out=width,
                     cols_out=rows, inner=x.shape[1], bias=bias, aux=pre_activation,
                     epilogue=cublaslt.EPILOGUE_GELU_AUX_BIAS if bias is not None else cublaslt.EPILOGUE_GELU_AUX)
     return hidden, pre_activation
@@ -119,7 +119,7 @@ def _gelu_down_projection_grad_cuda(grad_out, weight, pre_activation):
     rows, width = pre_activation.shape
     grad_pre = pre_activation.new_empty(rows, width)
     # column-major view: grad_pre^T (N x M) = weight^T (N x C, stored N x C) @ grad_out^T (C x M)
-    cublaslt.matmul(grad_pre, (weight.contiguous(), cublaslt.OP_N), (grad_out.contiguous(), cublaslt.OP_N),
+    cublaslt.matmul(grad_pre, (weight, cublaslt.OP_N), (grad_out, cublaslt.OP_N),
                     rows_out=width, cols_out=rows, inner=grad_out.shape[1], epilogue=cublaslt.EPILOGUE_DGELU,
                     aux=pre_activation.contiguous())
     return grad_pre

@@ -35,6 +35,21 @@ def test_operands_are_read_in_place_only_with_aligned_contiguous_rows():
         assert copied.is_contiguous() and copied.data_ptr() != unusable.data_ptr() and torch.equal(copied, unusable)
 
 
+def test_matmul_hands_cublaslt_operands_it_can_read_in_place(monkeypatch):
+    calls = []
+
+    class Recorder:
+        def matmul(self, out, a, b, *args):
+            calls.append((a, b))
+
+    monkeypatch.setattr(cublaslt, "_cublaslt", Recorder)
+    rows, columns = torch.randn(4, 8), torch.randn(8, 4).T  # the second's rows are not contiguous
+    cublaslt.matmul(torch.empty(4, 4), (rows, cublaslt.OP_T), (columns, cublaslt.OP_N), 4, 4, 8)
+    (a, op_a), (b, op_b) = calls[0]
+    assert a is rows and op_a == cublaslt.OP_T and op_b == cublaslt.OP_N
+    assert b.is_contiguous() and torch.equal(b, columns)
+
+
 def test_linear_takes_torch_where_cublaslt_cannot(monkeypatch):
     """Rows that are not 16-byte multiples, or fp32, run F.linear even with cuBLASLt loaded (here
     pretended: a call to it fails the test)."""
