@@ -51,7 +51,10 @@ def atomic_save(obj, path):
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as error:  # torch's zip writer turns a failed write (disk full) into this
+                raise OSError(f"torch.save failed, the disk may be full ({error})") from error
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,4 +1,5 @@
 import errno
+import io
 import random
 import signal
 import subprocess
@@ -70,6 +71,30 @@ def test_failed_write_keeps_previous_files_and_reports(tmp_path, monkeypatch, ca
     with pytest.raises(CheckpointError, match="previous checkpoint files are unchanged"):
         CheckpointManager(tmp_path, on_error="stop").save_latest(state(3))
 
+
+
+def test_a_full_disk_under_the_real_torch_save_is_reported_not_raised(tmp_path, monkeypatch, capsys):
+    """torch.save's zip writer swallows the file's OSError(ENOSPC) and raises RuntimeError
+    ("unexpected pos ...", seen on a full disk on a GPU machine); the run must still go on."""
+    import checkpointing
+    manager = CheckpointManager(tmp_path)
+    manager.save_latest(state(1))
+
+    class FillsUp(io.FileIO):
+        room = 4096
+
+        def write(self, data):
+            if len(memoryview(data)) > FillsUp.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            FillsUp.room -= len(memoryview(data))
+            return super().write(data)
+
+    monkeypatch.setattr(checkpointing, "open", lambda path, mode: FillsUp(path, mode), raising=False)
+    assert manager.save_latest({"step": 2, "w": torch.ones(100_000)}) is None
+    assert "the disk may be full" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / LATEST)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]
 
 SLOW_WRITER = """
 import sys, time, torch
