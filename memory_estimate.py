@@ -38,6 +38,7 @@ import torch.nn as nn
 from hardware import residual_stream_dtype
 from model_builder import build_model
 from model_components import ATTENTION_TYPES
+from train_config import TrainConfig
 
 GIB, MIB = 2**30, 2**20
 # CUDA context, kernels of PyTorch/cuBLAS/cuDNN/NCCL and their workspaces: memory the GPU loses
@@ -213,19 +214,19 @@ def final_activation_bytes(cfg, tokens, act_bytes, residual_bytes, on_cuda=True)
     return saved * tokens
 
 
-def logits_peak_bytes(cfg, tokens, act_bytes, loss_chunk_rows=0):
+def logits_peak_bytes(cfg, tokens, act_bytes, loss_chunk_rows=0, fused_kernel=False):
     """The plain loss, at the start of backward: log_softmax's fp32 output and the fp32 gradients
     into and out of log_softmax (the 16-bit logits and their fp32 copy are freed after forward).
-    The chunked loss, per logit of one chunk: the 16-bit matmul output, its fp32 copy, logsumexp's
-    two fp32 temporaries (x - max, its exp) and the 16-bit gradient; plus the stored gradients of
-    the LM head's input (16-bit) and weight (fp32). Against max_memory_allocated on an H100
-    (2026-11-21, GPT-2 124M/350M, batch 8 and 16): chunked +1.2% to +3.9% (the first chunked loss,
-    4096 rows; the fused one that replaced it was not re-measured, and under torch.compile it keeps
-    no fp32 temporaries, so this overestimates compiled runs), plain -0.9% to -0.2%."""
+    The chunked loss, per logit of one chunk: the matmul output and the gradient, both in the
+    activation dtype (the float8 head's e5m2 gradient and its transposed copy take as much); torch's
+    path (fused_kernel False: no Triton, as on CPU) adds its fp32 copy and logsumexp's two fp32
+    temporaries. Plus the stored gradients of the LM head's input (16-bit) and weight (fp32).
+    Against max_memory_allocated on an H100 (2026-11-21, GPT-2 124M/350M, batch 8 and 16): chunked
+    +1.2% to +3.9% (the first chunked loss, 4096 rows, torch's path), plain -0.9% to -0.2%."""
     if loss_chunk_rows:
         rows = min(loss_chunk_rows, tokens)
-        return ((act_bytes + 4 + 4 + 4 + act_bytes) * cfg.vocab_size * rows + act_bytes * cfg.n_embd * tokens
-                + 4 * cfg.vocab_size * cfg.n_embd)
+        per_logit = 2 * act_bytes if fused_kernel else act_bytes + 4 + 4 + 4 + act_bytes
+        return per_logit * cfg.vocab_size * rows + act_bytes * cfg.n_embd * tokens + 4 * cfg.vocab_size * cfg.n_embd
     return (4 + 4 + 4) * cfg.vocab_size * tokens
 
 
@@ -337,7 +338,7 @@ def _activations(cfg, tokens, act, residual, checkpointing, sdpa_kernel, on_cuda
         # a checkpointed block keeps its input and recomputes the rest during its own backward
         items[f"checkpointed block inputs ({wrapped})"] = wrapped * block_input
     items["tokens, final norm, LM head input"] = final_activation_bytes(cfg, tokens, act, residual, on_cuda)
-    items["logits and loss"] = logits_peak_bytes(cfg, tokens, act, loss_chunk_rows)
+    items["logits and loss"] = logits_peak_bytes(cfg, tokens, act, loss_chunk_rows, fused_kernel=on_cuda)
     if wrapped:
         # the loss peak (logits) and a recomputed block never coexist; keep the larger
         items["logits and loss"] = max(items["logits and loss"], per_block + 2 * block_input)
@@ -702,7 +703,8 @@ def main(argv):
     parser.add_argument("--batches", default="8,16")
     parser.add_argument("--activation_checkpointing", default="none")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--loss_chunk_rows", type=int, default=8192, help="0: the plain loss on whole-batch logits")
+    parser.add_argument("--loss_chunk_rows", type=int, default=TrainConfig.loss_chunk_rows,
+                        help="0: the plain loss on whole-batch logits")
     parser.add_argument("--kv_cache", action="store_true",
                         help="print the generation KV cache per token of each attention type and kv pruning (no GPU)")
     args = parser.parse_args(argv)

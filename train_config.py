@@ -101,13 +101,13 @@ class TrainConfig:
     fsdp_reshard_after_forward: bool = True  # free gathered parameters after forward (less memory, more traffic)
     dist_timeout_minutes: float = 10.0  # a collective waiting longer (a peer died) fails instead of hanging
     # speed (see BENCHMARKS.md for what each is worth)
-    loss_chunk_rows: int = 8192  # the fused loss in chunks of this many tokens, never the whole batch's logits (0: plain)
+    loss_chunk_rows: int = 32768  # the fused loss in chunks of this many tokens, never the whole batch's logits (0: plain)
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     sdpa_kernel: str = "auto"  # auto | flash | cudnn | efficient | math: the fused attention kernel SDPA may use
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)
     fp8: bool = False  # torchao float8 training on GPUs of compute capability 8.9+; bf16 elsewhere
     fp8_recipe: str = "tensorwise"  # tensorwise | rowwise
-    fp8_lm_head: bool = False  # the LM head's matmuls in float8 inside the fused loss (needs loss_chunk_rows > 0)
+    fp8_lm_head: bool | None = None  # the LM head's matmuls in float8 inside the fused loss; None: where they run (bf16 on compute capability 8.9+)
     residual_dtype: str = "auto"  # auto: bf16 residual stream when dtype is bf16, else fp32 | float32 (nanoGPT's autocast)
     # memory (memory_estimate.py)
     dry_run: bool = False  # print model, FLOPs/token, per-GPU memory, RAM and checkpoint disk estimates, then exit

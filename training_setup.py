@@ -50,7 +50,7 @@ def build_step_parts(config, device, dtype, dist):
     scaler = torch.amp.GradScaler(device.split(":")[0]) if hardware.needs_grad_scaler(dtype, device) else None
     return StepParts(model=model, step_model=step_model, optimizer=optimizer, pruner=build_pruner(model, t),
                      scaler=scaler, autocast=hardware.autocast_context(device, dtype),
-                     loss_settings=loss_settings_for(t, config.model, device), strategy=strategy)
+                     loss_settings=loss_settings_for(t, config.model, device, dtype), strategy=strategy)
 
 
 def convert_to_float8(model, recipe, device):
@@ -88,18 +88,19 @@ def _torchao_missing():
     return None
 
 
-def loss_settings_for(t, model_cfg, device):
-    """The loss the model computes; fp8_lm_head falls back to the configured dtype, with one warning,
-    where float8 matmuls cannot run."""
-    fp8 = t.fp8_lm_head
-    if fp8:
-        reason = _float8_unavailable(device) or fp8_unsupported(
-            model_cfg.n_embd, model_cfg.vocab_size, t.batch_size * model_cfg.block_size, t.loss_chunk_rows)
-        if reason:
-            warnings.warn(f"fp8_lm_head=True ignored: {reason}; the LM head runs in bf16/the configured dtype "
-                          f"instead.", stacklevel=2)
-            fp8 = False
-    return LossSettings(chunk_rows=t.loss_chunk_rows, fp8=fp8)
+def loss_settings_for(t, model_cfg, device, dtype):
+    """The loss the model computes. fp8_lm_head=None (the default) takes the float8 LM head wherever
+    it runs, silently: the fused loss, a bf16 step, a GPU of compute capability 8.9+, sizes that are
+    multiples of 16. fp8_lm_head=True falls back to the configured dtype there, with one warning."""
+    reason = _float8_unavailable(device) or fp8_unsupported(
+        model_cfg.n_embd, model_cfg.vocab_size, t.batch_size * model_cfg.block_size, t.loss_chunk_rows)
+    if t.fp8_lm_head is None:
+        return LossSettings(chunk_rows=t.loss_chunk_rows,
+                            fp8=bool(t.loss_chunk_rows) and dtype == "bfloat16" and reason is None)
+    if t.fp8_lm_head and reason:
+        warnings.warn(f"fp8_lm_head=True ignored: {reason}; the LM head runs in bf16/the configured dtype "
+                      f"instead.", stacklevel=2)
+    return LossSettings(chunk_rows=t.loss_chunk_rows, fp8=t.fp8_lm_head and reason is None)
 
 
 def apply_activation_checkpointing(model, mode):

@@ -273,3 +273,13 @@ def test_plan_memory_auto_batch_size_keeps_the_global_batch(capsys):
     # nothing runs out of memory on the CPU, so the whole per-rank batch becomes one micro-batch
     assert (planned.train.batch_size, planned.train.gradient_accumulation_steps) == (12, 1)
     assert "auto_batch_size: micro-batch 12 runs" in capsys.readouterr().out
+
+
+def test_the_fused_loss_kernel_keeps_no_fp32_copies_of_the_chunk():
+    """On CUDA (the Triton loss kernel) a chunk holds its logits and their gradient, 16-bit each; torch's
+    path (CPU) adds the fp32 copy and logsumexp's two fp32 temporaries: 12 bytes per logit more."""
+    cfg = ModelConfig.from_preset("gpt2")
+    fused = me.logits_peak_bytes(cfg, 32768, 2, 32768, fused_kernel=True)
+    assert fused - 2 * cfg.n_embd * 32768 - 4 * cfg.vocab_size * cfg.n_embd == 4 * cfg.vocab_size * 32768
+    assert me.logits_peak_bytes(cfg, 32768, 2, 32768) - fused == 12 * cfg.vocab_size * 32768
+    assert me.logits_peak_bytes(cfg, 32768, 2, 8192, fused_kernel=True) < fused  # chunks bound it

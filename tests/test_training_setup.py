@@ -32,7 +32,30 @@ def test_fp8_lm_head_falls_back_on_cpu_and_the_step_keeps_the_fused_loss():
     parts, messages = _parts(fp8_lm_head=True, loss_chunk_rows=16)
     assert len([m for m in messages if m.startswith("fp8_lm_head=True ignored")]) == 1
     assert parts.loss_settings == LossSettings(chunk_rows=16, fp8=False)
-    assert _parts()[0].loss_settings == LossSettings(chunk_rows=8192, fp8=False)  # the default, no warning
+    assert _parts()[0].loss_settings == LossSettings(chunk_rows=32768, fp8=False)  # the default, no warning
+
+
+def test_the_float8_lm_head_is_the_default_where_it_runs(monkeypatch):
+    """Checked with a pretended GPU of compute capability 8.9+: the default takes the float8 head for
+    bf16 steps and leaves it, silently, where it cannot or should not run."""
+    import training_setup
+    cfg = ModelConfig.from_preset("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+    monkeypatch.setattr(training_setup, "_float8_unavailable", lambda device: None)
+
+    def settings(dtype="bfloat16", **options):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            chosen = training_setup.loss_settings_for(TrainConfig(batch_size=2, **options), cfg, "cuda", dtype)
+        return chosen, [str(w.message) for w in caught]
+
+    assert settings() == (LossSettings(chunk_rows=32768, fp8=True), [])
+    assert settings("float32") == (LossSettings(chunk_rows=32768, fp8=False), [])
+    assert settings(loss_chunk_rows=0) == (LossSettings(chunk_rows=0, fp8=False), [])
+    assert settings(loss_chunk_rows=24) == (LossSettings(chunk_rows=24, fp8=False), [])  # not a multiple of 16
+    assert settings(fp8_lm_head=False) == (LossSettings(chunk_rows=32768, fp8=False), [])
+    assert settings("float32", fp8_lm_head=True) == (LossSettings(chunk_rows=32768, fp8=True), [])
+    chosen, messages = settings(fp8_lm_head=True, loss_chunk_rows=24)
+    assert chosen.fp8 is False and len(messages) == 1 and "loss_chunk_rows=24 not a multiple of 16" in messages[0]
 
 
 def test_the_residual_stream_follows_the_training_dtype_unless_set_to_float32():
