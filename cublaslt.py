@@ -27,6 +27,8 @@ DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 DESC_AUX_POINTER, DESC_AUX_LD = 11, 12
 DESC_A_SCALE_POINTER, DESC_B_SCALE_POINTER, DESC_FAST_ACCUM = 17, 18, 25
 PREF_MAX_WORKSPACE_BYTES = 1
+PREF_MIN_ALIGNMENT_BYTES = (5, 6, 7, 8)  # of A, B, C and D; cuBLASLt assumes 256 unless told
+MAX_ALIGNMENT = 256
 EPILOGUE_DEFAULT, EPILOGUE_BIAS = 1, 4
 EPILOGUE_GELU_AUX, EPILOGUE_GELU_AUX_BIAS = 160, 164
 EPILOGUE_DGELU = 192
@@ -86,6 +88,12 @@ def _(a, b, scale_a, scale_b, out_dtype, fast_accum):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 
+def _alignment(tensor):
+    """The largest power of two up to MAX_ALIGNMENT that the tensor's address is a multiple of."""
+    address = tensor.data_ptr()
+    return min(MAX_ALIGNMENT, address & -address) if address else MAX_ALIGNMENT
+
+
 def _operand(matrix):
     """matrix itself where cuBLASLt can read it in place (rows contiguous and not overlapping, its
     start and row stride 16-byte aligned: the row stride becomes the leading dimension), else a
@@ -127,7 +135,8 @@ class _CublasLt:
         heuristic's candidate algorithms on these tensors and keeps the fastest (as
         cudnn.benchmark does)."""
         key = (rows_out, cols_out, inner, a[1], b[1], epilogue, DATA_TYPES[a[0].dtype], DATA_TYPES[b[0].dtype],
-               DATA_TYPES[out.dtype], a[0].stride(0), b[0].stride(0), fast_accum, out.device.index)
+               DATA_TYPES[out.dtype], a[0].stride(0), b[0].stride(0), fast_accum,
+               _alignment(a[0]), _alignment(b[0]), _alignment(out), out.device.index)
         if key not in self.plans:
             desc, layouts, candidates = self._plan(*key[:-1])
             self.plans[key] = (desc, layouts, None)
@@ -173,8 +182,9 @@ class _CublasLt:
         return best
 
     def _plan(self, rows_out, cols_out, inner, op_a, op_b, epilogue, type_a, type_b, type_out, ld_a, ld_b,
-              fast_accum):
-        """(descriptor, layouts, candidate algorithms) for one shape, layout and epilogue."""
+              fast_accum, align_a, align_b, align_out):
+        """(descriptor, layouts, candidate algorithms) for one shape, layout, epilogue and the operands'
+        address alignments (algorithms that need more are left out, as PyTorch's own cuBLASLt calls do)."""
         desc = ctypes.c_void_p()
         self._check(self.lib.cublasLtMatmulDescCreate(ctypes.byref(desc), CUBLAS_COMPUTE_32F, CUDA_R_32F),
                     "cublasLtMatmulDescCreate")
@@ -190,10 +200,9 @@ class _CublasLt:
                    self._layout(type_out, rows_out, cols_out, rows_out)]
         preference = ctypes.c_void_p()
         self._check(self.lib.cublasLtMatmulPreferenceCreate(ctypes.byref(preference)), "cublasLtMatmulPreferenceCreate")
-        workspace = ctypes.c_uint64(WORKSPACE_BYTES)
-        self._check(self.lib.cublasLtMatmulPreferenceSetAttribute(preference, PREF_MAX_WORKSPACE_BYTES,
-                                                                 ctypes.byref(workspace), ctypes.sizeof(workspace)),
-                    "cublasLtMatmulPreferenceSetAttribute")
+        self._prefer(preference, PREF_MAX_WORKSPACE_BYTES, ctypes.c_uint64(WORKSPACE_BYTES))
+        for attribute, alignment in zip(PREF_MIN_ALIGNMENT_BYTES, (align_a, align_b, align_out, align_out)):
+            self._prefer(preference, attribute, ctypes.c_uint32(alignment))
         results, found = (_HeuristicResult * CANDIDATE_ALGORITHMS)(), ctypes.c_int(0)
         self._check(self.lib.cublasLtMatmulAlgoGetHeuristic(
             ctypes.c_void_p(torch.cuda.current_blas_handle()), desc, layouts[0], layouts[1], layouts[2], layouts[2],
@@ -201,6 +210,11 @@ class _CublasLt:
         if found.value == 0:
             raise RuntimeError(f"cuBLASLt has no algorithm for epilogue {epilogue} at {rows_out}x{cols_out}x{inner}")
         return desc, layouts, [results[i].algo for i in range(found.value)]
+
+    def _prefer(self, preference, attribute, value):
+        self._check(self.lib.cublasLtMatmulPreferenceSetAttribute(preference, attribute, ctypes.byref(value),
+                                                                 ctypes.sizeof(value)),
+                    "cublasLtMatmulPreferenceSetAttribute")
 
     def _layout(self, data_type, rows, cols, leading_dimension):
         layout = ctypes.c_void_p()

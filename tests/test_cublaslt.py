@@ -72,3 +72,40 @@ def test_mapped_libraries_finds_what_this_process_loaded():
     paths = cublaslt.mapped_libraries("libc.so")
     assert paths and all(path.startswith("/") and "libc.so" in path for path in paths)
     assert cublaslt.mapped_libraries("libno_such_library.so") == []
+
+
+def test_each_plan_tells_cublaslt_how_its_operands_are_aligned(monkeypatch):
+    """cuBLASLt's heuristic assumes 256-byte aligned addresses unless told, and may pick an algorithm
+    that needs them. A view starting 16 bytes into its storage gets a plan of its own, asked for with
+    16 (checked with a stand-in for the library that records the heuristic's preferences)."""
+    from types import SimpleNamespace
+    preferences = []
+
+    def record_preference(preference, attribute, value, size):
+        preferences.append((attribute, value._obj.value))
+        return 0
+
+    def one_algorithm(*args):
+        args[-1]._obj.value = 1
+        return 0
+
+    library = SimpleNamespace(**{name: (lambda *args: 0) for name in (
+        "cublasLtMatmulDescCreate", "cublasLtMatmulDescSetAttribute", "cublasLtMatrixLayoutCreate",
+        "cublasLtMatmulPreferenceCreate", "cublasLtMatmul")})
+    library.cublasLtMatmulPreferenceSetAttribute = record_preference
+    library.cublasLtMatmulAlgoGetHeuristic = one_algorithm
+    lt = cublaslt._CublasLt(library)
+    monkeypatch.setattr(torch.cuda, "current_blas_handle", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(cuda_stream=0))
+    monkeypatch.setattr(lt, "_workspace", lambda device: torch.empty(1))
+    monkeypatch.setattr(lt, "_time_each", lambda runs: [0.0] * len(runs))
+
+    storage = torch.zeros(8 * 8 + 8, dtype=torch.bfloat16)  # CPU tensors start 64-byte aligned at least
+    aligned, shifted = storage[:64].view(8, 8), storage[8:72].view(8, 8)  # the second starts 16 bytes in
+    weight, out = torch.zeros(8, 8, dtype=torch.bfloat16), torch.zeros(8, 8, dtype=torch.bfloat16)
+    assert cublaslt._alignment(aligned) >= 64 and cublaslt._alignment(shifted) == 16
+    for x in (aligned, shifted, aligned):
+        lt.matmul(out, (weight, cublaslt.OP_T), (x, cublaslt.OP_N), 8, 8, 8, cublaslt.EPILOGUE_DEFAULT)
+    assert len(lt.plans) == 2  # the third call reuses the first plan
+    b_alignment = [value for attribute, value in preferences if attribute == cublaslt.PREF_MIN_ALIGNMENT_BYTES[1]]
+    assert b_alignment == [min(256, cublaslt._alignment(aligned)), 16]
