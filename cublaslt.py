@@ -98,7 +98,7 @@ def _operand(matrix):
     """matrix itself where cuBLASLt can read it in place (rows contiguous and not overlapping, its
     start and row stride 16-byte aligned: the row stride becomes the leading dimension), else a
     contiguous copy."""
-    aligned = matrix.data_ptr() % 16 == 0 and matrix.stride(0) * matrix.element_size() % 16 == 0
+    aligned = _alignment(matrix) >= 16 and matrix.stride(0) * matrix.element_size() % 16 == 0
     in_place = matrix.stride(1) == 1 and matrix.stride(0) >= matrix.shape[1] and aligned
     return matrix if in_place else matrix.contiguous()
 
