@@ -46,7 +46,14 @@ class GPT2Tokenizer:
         except ImportError:
             raise DataError("The gpt2 tokenizer needs the tiktoken package, which is not installed. "
                             "Install it with: pip install tiktoken") from None
-        self.encoding = tiktoken.get_encoding("gpt2")
+        try:
+            self.encoding = tiktoken.get_encoding("gpt2")
+        except OSError as error:  # requests' and urllib's network errors are OSErrors too
+            raise DataError(f"The gpt2 tokenizer could not load its byte-pair files: tiktoken downloads them on "
+                            f"first use (from openaipublic.blob.core.windows.net) into its cache folder "
+                            f"(TIKTOKEN_CACHE_DIR, else the system's temporary folder), and that failed: {error}. "
+                            f"Connect to the internet once, or set TIKTOKEN_CACHE_DIR to a folder holding "
+                            f"tiktoken's cached files.") from None
         self.vocab_size = self.encoding.n_vocab
         self.eot_token = self.encoding.eot_token
 

@@ -30,3 +30,16 @@ def test_gpt2_round_trip():
 def test_unknown_tokenizer_lists_accepted():
     with pytest.raises(DataError, match="Unknown tokenizer 'bpe'. Accepted tokenizers: char, gpt2"):
         get_tokenizer("bpe")
+
+
+def test_gpt2_tokenizer_without_its_files_or_network_says_what_to_do(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError(f"Failed to resolve 'openaipublic.blob.core.windows.net' while loading {name}")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(DataError) as error:
+        GPT2Tokenizer()
+    message = str(error.value)
+    assert "Failed to resolve" in message and "TIKTOKEN_CACHE_DIR" in message and "Connect to the internet" in message
