@@ -38,6 +38,12 @@ class LossSettings:
     chunk_rows: int = 0
     fp8: bool = False
 
+    def describe(self):
+        if not self.chunk_rows:
+            return "loss: plain cross-entropy over the whole batch's logits"
+        return (f"loss: fused with the LM head in chunks of {self.chunk_rows} tokens, the LM head's matmuls in "
+                f"{'float8' if self.fp8 else 'the step dtype'}")
+
 
 def linear_cross_entropy(hidden, weight, targets, ignore_index=-1, chunk_rows=8192, fp8=False):
     """Mean cross-entropy of hidden @ weight.T against targets, ignoring targets == ignore_index.

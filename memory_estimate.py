@@ -619,7 +619,10 @@ def with_auto_batch_size(config, device, dtype, dist, accumulation_steps):
         raise ConfigError("auto_batch_size=True probes one GPU without sharding, which says nothing about FSDP; "
                           "use the estimate of --dry_run=True and set batch_size by hand.")
     sequences = t.batch_size * accumulation_steps
-    parts = build_step_parts(config, device, dtype, DistInfo())  # no collectives: each rank probes its own GPU
+    # CUDA graphs cannot run the probe's two micro-steps; their peak was measured within 0.1 GiB of default's
+    probe_train = dataclasses.replace(t, compile_mode="default") if t.compile_mode in ("auto", "reduce-overhead") else t
+    # no collectives: each rank probes its own GPU
+    parts = build_step_parts(dataclasses.replace(config, train=probe_train), device, dtype, DistInfo())
     # the probe has no DDP: hold the memory DDP's gradient buckets will take
     buckets = estimate_for_config(config, dist.world_size, accumulation_steps, dtype, device).resident.get(
         "DDP gradient buckets", 0)

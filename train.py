@@ -159,11 +159,10 @@ def setup(config, sources):
     peak = hardware.run_peak_tflops(t.peak_tflops, name, dtype)
     commit = git_commit()
     logger = TrainingLogger(Path(t.out_dir) / run_name,
-                            run_record(config, model, flops, name, peak, dtype, dist, commit),
+                            run_record(config, model, flops, name, peak, dtype, dist, commit, parts),
                             backends=t.logger_backends, enabled=dist.is_main, project=t.logger_project)
     if dist.is_main:
-        print_startup(config, sources, model, flops, name, dtype, peak, accumulation_steps, train_loader, dist,
-                      parts.strategy, parts.pruner)
+        print_startup(config, sources, model, flops, name, dtype, peak, accumulation_steps, train_loader, dist, parts)
     run = Run(config=config, dist=dist, strategy=parts.strategy, device=device, git_commit=commit, model=model,
               step_model=parts.step_model, optimizer=parts.optimizer, pruner=parts.pruner,
               max_iters=effective_max_iters(t), scaler=parts.scaler, autocast=parts.autocast,
@@ -491,8 +490,10 @@ def evaluation_data(t, dataset):
     return tokenizer, load_hellaswag(hellaswag_file(t.hellaswag_path, t.hellaswag_cache_dir), t.hellaswag_examples)
 
 
-def run_record(config, model, flops, device_name, peak, dtype, dist, commit):
+def run_record(config, model, flops, device_name, peak, dtype, dist, commit, parts):
+    """What the run is: its config, and what the config's auto settings resolved to on this device."""
     return {"config": config.to_dict(), "arch_name": config.model.arch_name, "world_size": dist.world_size,
+            "compile_mode": parts.compile_mode, "fp8_lm_head": parts.loss_settings.fp8,
             "effective_max_iters": effective_max_iters(config.train),
             "params": model.num_params(non_embedding=False),
             "params_non_embedding": model.num_params(non_embedding=True),
@@ -502,13 +503,14 @@ def run_record(config, model, flops, device_name, peak, dtype, dist, commit):
 
 
 def print_startup(config, sources, model, flops, device_name, dtype, peak, accumulation_steps, train_loader, dist,
-                  strategy, pruner):
+                  parts):
     print(f"architecture {config.model.arch_name}: {model.num_params(non_embedding=False):,} parameters "
           f"({model.num_params():,} non-embedding)")
     print("configuration (differences from the defaults):")
     print("\n".join(describe_changes(config, sources)) or "  none")
-    parallel = f", {dist.world_size} ranks ({strategy})" if dist.enabled else ""
+    parallel = f", {dist.world_size} ranks ({parts.strategy})" if dist.enabled else ""
     print(f"device {device_name}, dtype {dtype}, gradient accumulation {accumulation_steps}{parallel}")
+    print(f"step: torch.compile {parts.compile_mode or 'off'}; {parts.loss_settings.describe()}")
     steps_per_epoch = getattr(train_loader, "steps_per_epoch", None)
     if steps_per_epoch:
         print(f"sequential data: {steps_per_epoch // accumulation_steps} optimizer steps per epoch")
@@ -516,6 +518,7 @@ def print_startup(config, sources, model, flops, device_name, dtype, peak, accum
     if effective_max_iters(t) != t.max_iters:
         print(f"bitter2: training {effective_max_iters(t)} steps = max_iters {t.max_iters} x bitter2_scale "
               f"{t.bitter2_scale} (spends the compute sparsity saves; compare at equal compute, not equal steps)")
+    pruner = parts.pruner
     if pruner:
         print(f"pruning: {pruner.method}, sparsity 0 at step {pruner.warmup} -> {pruner.target_sparsity} at step "
               f"{pruner.ramp_end} ({pruner.schedule}), masks every {pruner.frequency} steps")

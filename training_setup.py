@@ -30,6 +30,7 @@ class StepParts:
     autocast: object
     loss_settings: LossSettings  # what the step and the evaluation pass to the model's loss
     strategy: str
+    compile_mode: str | None  # the torch.compile mode the step runs, None when not compiled
 
 
 def build_step_parts(config, device, dtype, dist):
@@ -43,14 +44,31 @@ def build_step_parts(config, device, dtype, dist):
     select_attention_kernel(t.sdpa_kernel, device)
     strategy = distributed.strategy_of(t)
     compile_model = t.compile if t.compile is not None else device.startswith("cuda")
+    compile_mode = compile_mode_for(t, device, dist.world_size,
+                                    accumulation_for(t, config.model.block_size, dist.world_size))
     step_model = distributed.wrap_model(model, dist, strategy, compile_model, hardware.torch_dtype(dtype),
-                                        t.fsdp_reshard_after_forward, t.compile_mode)
+                                        t.fsdp_reshard_after_forward, compile_mode)
     torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks
     optimizer = distributed.shard_optimizer(build_optimizer(model, t, device), dist, strategy)
     scaler = torch.amp.GradScaler(device.split(":")[0]) if hardware.needs_grad_scaler(dtype, device) else None
     return StepParts(model=model, step_model=step_model, optimizer=optimizer, pruner=build_pruner(model, t),
                      scaler=scaler, autocast=hardware.autocast_context(device, dtype),
-                     loss_settings=loss_settings_for(t, config.model, device, dtype), strategy=strategy)
+                     loss_settings=loss_settings_for(t, config.model, device, dtype), strategy=strategy,
+                     compile_mode=compile_mode if compile_model else None)
+
+
+def compile_mode_for(t, device, world_size, accumulation_steps):
+    """The torch.compile mode the step runs. auto (the default) takes CUDA graphs (reduce-overhead)
+    where they were measured to work: one process on a GPU, one micro-step per optimizer step, no
+    torchao float8, no activation checkpointing; there they add 0.3-0.5% tokens/s to GPT-2 124M on an
+    H100 (BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate gradients (the memory
+    holding one micro-step's gradients is overwritten by the next), and were never measured with
+    DDP/FSDP, float8 blocks or checkpointed blocks."""
+    if t.compile_mode != "auto":
+        return t.compile_mode
+    graphs = (device.startswith("cuda") and world_size == 1 and accumulation_steps == 1 and not t.fp8
+              and t.activation_checkpointing == "none")
+    return "reduce-overhead" if graphs else "default"
 
 
 def convert_to_float8(model, recipe, device):
@@ -145,5 +163,6 @@ def accumulation_for(t, block_size, world_size):
         # CUDAGraphs that has been overwritten"), as the gradients of the first live in graph memory
         raise ConfigError(f"compile_mode='reduce-overhead' (CUDA graphs) cannot accumulate gradients over {steps} "
                           f"micro-steps: the graphs' memory holding one micro-step's gradients is overwritten by the "
-                          f"next. Use compile_mode='default', or a batch_size that needs no accumulation.")
+                          f"next. Use compile_mode='default' (or 'auto', which takes graphs only where they work), or a "
+                          f"batch_size that needs no accumulation.")
     return steps

@@ -283,3 +283,23 @@ def test_the_fused_loss_kernel_keeps_no_fp32_copies_of_the_chunk():
     assert fused - 2 * cfg.n_embd * 32768 - 4 * cfg.vocab_size * cfg.n_embd == 4 * cfg.vocab_size * 32768
     assert me.logits_peak_bytes(cfg, 32768, 2, 32768) - fused == 12 * cfg.vocab_size * 32768
     assert me.logits_peak_bytes(cfg, 32768, 2, 8192, fused_kernel=True) < fused  # chunks bound it
+
+
+def test_auto_batch_size_probes_without_cuda_graphs(monkeypatch):
+    """The probe runs two micro-steps, which CUDA graphs cannot (auto would take them on one GPU)."""
+    import training_setup
+    from distributed import DistInfo
+    modes = []
+    original = training_setup.build_step_parts
+
+    def spy(config, device, dtype, dist):
+        modes.append(config.train.compile_mode)
+        return original(config, device, dtype, dist)
+
+    monkeypatch.setattr(training_setup, "build_step_parts", spy)
+    for mode in ("auto", "reduce-overhead", "max-autotune"):
+        config = config_with(ModelConfig.from_preset("gpt2", **TINY), auto_batch_size=True, batch_size=2,
+                             device="cpu", compile=False, compile_mode=mode)
+        planned = me.plan_memory(config, "cpu", "float32", DistInfo(), 1)
+        assert planned.train.compile_mode == mode  # training keeps its own mode
+    assert modes == ["default", "default", "max-autotune"]
