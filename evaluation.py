@@ -187,14 +187,16 @@ def evaluate_hellaswag(model, tokenizer, examples, block_size, device, autocast=
 # ---------------------------------------------------------------- text samples
 
 @torch.no_grad()
-def generate_sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, device, seed=1337):
+def generate_sample(model, tokenizer, prompt, max_new_tokens, temperature, top_k, device, seed=1337,
+                    autocast=contextlib.nullcontext()):
     """The prompt and max_new_tokens generated after it, as text. Sampling uses its own seeded
     random stream, so the samples of successive evaluations are comparable and the training run's
-    random state (dropout, data order) is the same whether samples are taken or not."""
+    random state (dropout, data order) is the same whether samples are taken or not. Pass the
+    training step's autocast: a model trained with a bf16 residual stream needs it."""
     was_training = model.training
     model.eval()
     cuda_devices = [device] if str(device).startswith("cuda") else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), autocast:
         torch.manual_seed(seed)
         text = generate_samples(model, tokenizer, prompt, 1, max_new_tokens, temperature, top_k, device)[0]
     model.train(was_training)

@@ -309,7 +309,7 @@ def log_sample(run):
     # every rank generates (FSDP's forward needs them all); the same seed gives the same text
     t = run.config.train
     text = generate_sample(run.model, run.tokenizer, t.sample_prompt, t.sample_max_new_tokens,
-                           t.sample_temperature, t.sample_top_k, run.device, seed=t.seed)
+                           t.sample_temperature, t.sample_top_k, run.device, seed=t.seed, autocast=run.autocast)
     run.logger.log_text("sample", text, run.progress.step)
     announce(run, f"step {run.progress.step} sample:\n{text}\n{'-' * 40}")
 

@@ -67,6 +67,18 @@ def test_bpe_dataset_trains_with_the_gpt2_tokenizer(tmp_path):
     assert sample.stdout.startswith("ROMEO:")
 
 
+def test_bf16_run_samples_text_under_its_autocast(tmp_path, char_data):
+    """With bf16 training the residual stream is bf16 (residual_dtype=auto), so generation must run
+    under the step's autocast too (it ran without, and failed, on the first sample)."""
+    result = train(tmp_path, char_data, "--run_name=bf16", "--max_iters=2", "--eval_interval=2", "--dtype=bfloat16",
+                   "--sample_interval=2", "--sample_max_new_tokens=8", "--sample_prompt=ROMEO:")
+    assert "step: torch.compile off; loss: fused with the LM head in chunks of 32768 tokens" in result.stdout
+    samples = events(tmp_path, "bf16", "text")
+    assert [e["step"] for e in samples] == [2] and samples[0]["text"].startswith("ROMEO:")
+    record = json.loads((tmp_path / "runs" / "bf16" / "config.json").read_text())
+    assert (record["compile_mode"], record["fp8_lm_head"]) == (None, False)
+
+
 def test_configuration_errors_exit_2_without_traceback(tmp_path, char_data):
     result = train(tmp_path, char_data, "--normalisation=rmsnorm", check=False)
     assert result.returncode == 2 and "Did you mean 'normalization'" in result.stderr
