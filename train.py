@@ -209,11 +209,15 @@ def train(run):
             progress.tokens += run.tokens_per_step
             if run.pruner:  # before the checkpoints below, so they hold this step's masks
                 run.pruner.after_step(run.optimizer, progress.step)
+            log_due = (progress.step - 1) % t.log_interval == 0 or progress.step == run.max_iters
+            # on a log step, wait for the whole step before reading the clock: the loss check waits for
+            # the forward alone, and the backward and update still running would go untimed
+            grad_norm = result.grad_norm.item() if log_due else None
             progress.train_seconds += time.perf_counter() - step_start
             steps_since_log += 1
-            if (progress.step - 1) % t.log_interval == 0 or progress.step == run.max_iters:
+            if log_due:
                 seconds_per_step = (progress.train_seconds - seconds_at_last_log) / steps_since_log
-                log_train_step(run, loss, lr, result.grad_norm.item(), seconds_per_step)
+                log_train_step(run, loss, lr, grad_norm, seconds_per_step)
                 seconds_at_last_log, steps_since_log = progress.train_seconds, 0
             save_due_checkpoints(run, clock, latest=stop_requested or latest_due)
             if stop_requested:

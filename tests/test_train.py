@@ -132,6 +132,45 @@ def test_logged_step_time_leaves_evaluation_out(tmp_path, char_data):
     assert step_ms[9] < 5 * typical, step_ms
 
 
+WAIT_FOR_THE_GPU = """
+import dataclasses, runpy, sys, time
+import train_step
+
+class SlowNorm:  # a GPU's grad_norm.item() waits for the step's backward and update
+    def __init__(self, norm):
+        self.norm = norm
+
+    def item(self):
+        time.sleep(0.2)
+        return self.norm.item()
+
+real_step = train_step.train_step
+
+def slow_step(*args, **kwargs):
+    result = real_step(*args, **kwargs)
+    return dataclasses.replace(result, grad_norm=SlowNorm(result.grad_norm))
+
+train_step.train_step = slow_step
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_logged_step_time_includes_the_wait_for_the_whole_step(tmp_path, char_data):
+    """On a GPU the step's backward and update run on after the loss check (which waits for the forward
+    alone); a log line's step time must still cover them. Here reading the gradient norm (a full wait on
+    a GPU) takes 200 ms."""
+    (tmp_path / "slow_gpu.py").write_text(WAIT_FOR_THE_GPU)
+    command = [sys.executable, str(tmp_path / "slow_gpu.py"), str(REPO_ROOT / "train.py"), f"--data_dir={char_data}",
+               "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'runs'}",
+               f"--checkpoint_dir={tmp_path / 'checkpoints'}", *TINY_RUN, "--run_name=wait", "--max_iters=4",
+               "--eval_interval=100", "--sample_interval=0"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert all(e["step_ms"] >= 200 for e in events(tmp_path, "wait", "train")), events(tmp_path, "wait", "train")
+
+
 def test_sigterm_saves_latest_and_resume_continues_at_the_next_step(tmp_path, char_data):
     command = [sys.executable, str(REPO_ROOT / "train.py"), f"--data_dir={char_data}", "--dataset=shakespeare_char",
                f"--out_dir={tmp_path / 'runs'}", f"--checkpoint_dir={tmp_path / 'checkpoints'}", *TINY_RUN,
