@@ -613,14 +613,15 @@ def with_auto_batch_size(config, device, dtype, dist, accumulation_steps):
     from distributed import DistInfo, max_across_ranks, strategy_of
     from model_config import ConfigError
     from train_step import train_step
-    from training_setup import build_step_parts
+    from training_setup import CUDA_GRAPH_MODES, build_step_parts
     t = config.train
     if dist.enabled and strategy_of(t) == "fsdp":
         raise ConfigError("auto_batch_size=True probes one GPU without sharding, which says nothing about FSDP; "
                           "use the estimate of --dry_run=True and set batch_size by hand.")
     sequences = t.batch_size * accumulation_steps
     # CUDA graphs cannot run the probe's two micro-steps; their peak was measured within 0.1 GiB of default's
-    probe_train = dataclasses.replace(t, compile_mode="default") if t.compile_mode in ("auto", "reduce-overhead") else t
+    graphs = t.compile_mode == "auto" or t.compile_mode in CUDA_GRAPH_MODES
+    probe_train = dataclasses.replace(t, compile_mode="default") if graphs else t
     # no collectives: each rank probes its own GPU
     parts = build_step_parts(dataclasses.replace(config, train=probe_train), device, dtype, DistInfo())
     # the probe has no DDP: hold the memory DDP's gradient buckets will take

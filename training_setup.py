@@ -20,6 +20,9 @@ from optimizers import build_optimizer
 from pruning import build_pruner
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that record CUDA graphs
+
+
 @dataclass
 class StepParts:
     model: nn.Module  # the plain model: checkpoints, evaluation of weights, generation
@@ -60,7 +63,7 @@ def build_step_parts(config, device, dtype, dist):
 def compile_mode_for(t, device, world_size, accumulation_steps):
     """The torch.compile mode the step runs. auto (the default) takes CUDA graphs (reduce-overhead)
     where they were measured to work: one process on a GPU, one micro-step per optimizer step, no
-    torchao float8, no activation checkpointing; there they add 0.3-0.5% tokens/s to GPT-2 124M on an
+    torchao float8, no activation checkpointing; there they add 0.3-0.7% tokens/s to GPT-2 124M on an
     H100 (BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate gradients (the memory
     holding one micro-step's gradients is overwritten by the next), and were never measured with
     DDP/FSDP, float8 blocks or checkpointed blocks."""
@@ -158,10 +161,10 @@ def accumulation_for(t, block_size, world_size):
                               f"on all ranks (batch_size * block_size * world_size = {micro_tokens} tokens); use e.g. "
                               f"{micro_tokens * max(1, round(t.total_batch_size / micro_tokens))}.")
         steps = t.total_batch_size // micro_tokens
-    if steps > 1 and t.compile is not False and t.compile_mode == "reduce-overhead":
+    if steps > 1 and t.compile is not False and t.compile_mode in CUDA_GRAPH_MODES:
         # measured on an H100: the second micro-step's backward fails ("accessing tensor output of
         # CUDAGraphs that has been overwritten"), as the gradients of the first live in graph memory
-        raise ConfigError(f"compile_mode='reduce-overhead' (CUDA graphs) cannot accumulate gradients over {steps} "
+        raise ConfigError(f"compile_mode={t.compile_mode!r} (CUDA graphs) cannot accumulate gradients over {steps} "
                           f"micro-steps: the graphs' memory holding one micro-step's gradients is overwritten by the "
                           f"next. Use compile_mode='default' (or 'auto', which takes graphs only where they work), or a "
                           f"batch_size that needs no accumulation.")

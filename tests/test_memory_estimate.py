@@ -297,9 +297,9 @@ def test_auto_batch_size_probes_without_cuda_graphs(monkeypatch):
         return original(config, device, dtype, dist)
 
     monkeypatch.setattr(training_setup, "build_step_parts", spy)
-    for mode in ("auto", "reduce-overhead", "max-autotune"):
+    for mode in ("auto", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
         config = config_with(ModelConfig.from_preset("gpt2", **TINY), auto_batch_size=True, batch_size=2,
                              device="cpu", compile=False, compile_mode=mode)
         planned = me.plan_memory(config, "cpu", "float32", DistInfo(), 1)
         assert planned.train.compile_mode == mode  # training keeps its own mode
-    assert modes == ["default", "default", "max-autotune"]
+    assert modes == ["default", "default", "default", "max-autotune-no-cudagraphs"]

@@ -84,6 +84,9 @@ def test_cuda_graphs_refuse_gradient_accumulation_with_a_clear_error():
     by_tokens = TrainConfig(batch_size=2, compile_mode="reduce-overhead", total_batch_size=2 * 16 * 4)
     with pytest.raises(ConfigError, match="over 4 micro-steps"):
         accumulation_for(by_tokens, 16, world_size=1)
+    autotuned = TrainConfig(batch_size=2, compile_mode="max-autotune", gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError, match=r"compile_mode='max-autotune' \(CUDA graphs\)"):
+        accumulation_for(autotuned, 16, world_size=1)
     assert accumulation_for(TrainConfig(batch_size=2, compile_mode="reduce-overhead"), 16, world_size=1) == 1
     assert accumulation_for(TrainConfig(batch_size=2, gradient_accumulation_steps=2), 16, world_size=1) == 2
     uncompiled = TrainConfig(batch_size=2, compile=False, compile_mode="reduce-overhead", gradient_accumulation_steps=2)
