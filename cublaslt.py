@@ -252,6 +252,19 @@ def loadable():
     return _cublaslt() is not None
 
 
+def reserve_workspace(device):
+    """Loads the library and allocates its workspace on device (a CUDA device; others are left
+    alone) now, before a compiled step runs. Under CUDA graphs (compile_mode reduce-overhead) the
+    step's first calls run inside the graphs' memory pool, which must not keep a tensor the graph did
+    not return: a workspace allocated there stops the run ("Detected 1 tensor(s) in the cudagraph pool
+    not tracked as outputs", seen on an H100 with the llama and team presets, whose first cuBLASLt
+    call is inside the step)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not loadable():
+        return
+    _cublaslt()._workspace(torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index))
+
+
 def matmul(out, a, b, rows_out, cols_out, inner, epilogue=EPILOGUE_DEFAULT, bias=None, aux=None, scales=None,
            fast_accum=False):
     """out = op(a) @ op(b) in column-major terms, as _CublasLt.matmul says, a and b (tensor, op) pairs;
@@ -275,9 +288,6 @@ def _load_cublaslt():
             library = _CublasLt(ctypes.CDLL(name))
         except (OSError, AttributeError):  # not there, or not a cuBLASLt with these functions
             continue
-        # the workspace now, before the first matmul: that may run inside a CUDA graph's memory pool
-        # (compile_mode=reduce-overhead warms up there), which must not keep a tensor it did not return
-        library._workspace(torch.device("cuda", torch.cuda.current_device()))
         return library
     warnings.warn("libcublasLt could not be loaded: the matmuls run through torch, without the fused GELU epilogues")
     return None

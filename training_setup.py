@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+import cublaslt
 import distributed
 import hardware
 from linear_cross_entropy import LossSettings, fp8_unsupported
@@ -45,6 +46,7 @@ def build_step_parts(config, device, dtype, dist):
         convert_to_float8(model, t.fp8_recipe, device)
     apply_activation_checkpointing(model, t.activation_checkpointing)
     select_attention_kernel(t.sdpa_kernel, device)
+    cublaslt.reserve_workspace(device)  # outside any CUDA graph's memory pool
     strategy = distributed.strategy_of(t)
     compile_model = t.compile if t.compile is not None else device.startswith("cuda")
     compile_mode = compile_mode_for(t, device, dist.world_size,
@@ -61,7 +63,7 @@ def build_step_parts(config, device, dtype, dist):
 
 
 def compile_mode_for(t, device, world_size, accumulation_steps):
-    """The torch.compile mode the step runs. auto (the default) takes CUDA graphs (reduce-overhead)
+    """The torch.compile mode the step runs. auto takes CUDA graphs (reduce-overhead)
     where they were measured to work: one process on a GPU, one micro-step per optimizer step, no
     torchao float8, no activation checkpointing; there they add 0.3-0.7% tokens/s to GPT-2 124M on an
     H100 (BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate gradients (the memory

@@ -109,3 +109,20 @@ def test_each_plan_tells_cublaslt_how_its_operands_are_aligned(monkeypatch):
     assert len(lt.plans) == 2  # the third call reuses the first plan
     b_alignment = [value for attribute, value in preferences if attribute == cublaslt.PREF_MIN_ALIGNMENT_BYTES[1]]
     assert b_alignment == [min(256, cublaslt._alignment(aligned)), 16]
+
+
+def test_workspace_is_reserved_for_the_step_device_before_any_graph_runs(monkeypatch):
+    """build_step_parts reserves it: a workspace first allocated inside a step recorded as CUDA graphs
+    stays in the graphs' pool, which torch refuses (seen on an H100 with the llama preset)."""
+    from types import SimpleNamespace
+    reserved = []
+    monkeypatch.setattr(cublaslt, "_LIBRARY", [SimpleNamespace(_workspace=reserved.append)])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    cublaslt.reserve_workspace("cpu")
+    assert reserved == []
+    cublaslt.reserve_workspace("cuda:1")
+    cublaslt.reserve_workspace("cuda")
+    assert reserved == [torch.device("cuda", 1), torch.device("cuda", 3)]
+    monkeypatch.setattr(cublaslt, "_LIBRARY", [None])  # no libcublasLt: nothing to reserve
+    cublaslt.reserve_workspace("cuda:0")
+    assert len(reserved) == 2

@@ -93,22 +93,24 @@ def test_cuda_graphs_refuse_gradient_accumulation_with_a_clear_error():
     assert accumulation_for(uncompiled, 16, world_size=1) == 2
 
 
+AUTO = dict(compile_mode="auto")
+
+
 @pytest.mark.parametrize("options, device, world_size, accumulation, expected", [
-    (dict(), "cuda", 1, 1, "reduce-overhead"),  # auto: CUDA graphs where they were measured to work
-    (dict(), "cuda:1", 1, 1, "reduce-overhead"),
-    (dict(), "cpu", 1, 1, "default"),
-    (dict(), "cuda", 2, 1, "default"),  # DDP / FSDP
-    (dict(), "cuda", 1, 2, "default"),  # graphs cannot accumulate gradients
-    (dict(fp8=True), "cuda", 1, 1, "default"),
-    (dict(activation_checkpointing="full"), "cuda", 1, 1, "default"),
-    (dict(compile_mode="default"), "cuda", 1, 1, "default"),  # an explicit mode is kept as it is
+    (AUTO, "cuda", 1, 1, "reduce-overhead"),  # CUDA graphs where they were measured to work
+    (AUTO, "cuda:1", 1, 1, "reduce-overhead"),
+    (AUTO, "cpu", 1, 1, "default"),
+    (AUTO, "cuda", 2, 1, "default"),  # DDP / FSDP
+    (AUTO, "cuda", 1, 2, "default"),  # graphs cannot accumulate gradients
+    (dict(AUTO, fp8=True), "cuda", 1, 1, "default"),
+    (dict(AUTO, activation_checkpointing="full"), "cuda", 1, 1, "default"),
+    (dict(), "cuda", 1, 1, "default"),  # the default, and any explicit mode, is kept as it is
     (dict(compile_mode="reduce-overhead"), "cpu", 1, 1, "reduce-overhead"),
     (dict(compile_mode="max-autotune"), "cuda", 2, 4, "max-autotune"),
 ])
 def test_compile_mode_auto_takes_cuda_graphs_only_where_they_work(options, device, world_size, accumulation,
                                                                    expected):
     from training_setup import compile_mode_for
-    assert TrainConfig().compile_mode == "auto"
     assert compile_mode_for(TrainConfig(**options), device, world_size, accumulation) == expected
 
 
@@ -124,8 +126,16 @@ def test_step_parts_say_which_compile_mode_runs(monkeypatch):
     monkeypatch.setattr(distributed, "wrap_model", spy)
     assert _parts()[0].compile_mode is None  # compile=False
     cfg = ModelConfig.from_preset("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
-    parts = build_step_parts(Config(cfg, TrainConfig(batch_size=2, device="cpu", compile=True)), "cpu", "float32",
-                             DistInfo())
+    parts = build_step_parts(Config(cfg, TrainConfig(batch_size=2, device="cpu", compile=True, compile_mode="auto")),
+                             "cpu", "float32", DistInfo())
     assert parts.compile_mode == "default" and passed[-1] == "default"  # auto on the CPU
     assert "chunks of 32768 tokens" in parts.loss_settings.describe()
     assert "plain cross-entropy" in LossSettings().describe()
+
+
+def test_step_parts_reserve_the_cublaslt_workspace_on_the_step_device(monkeypatch):
+    import cublaslt
+    devices = []
+    monkeypatch.setattr(cublaslt, "reserve_workspace", devices.append)
+    _parts()
+    assert devices == ["cpu"]
