@@ -63,10 +63,10 @@ def build_step_parts(config, device, dtype, dist):
 
 
 def compile_mode_for(t, device, world_size, accumulation_steps):
-    """The torch.compile mode the step runs. auto takes CUDA graphs (reduce-overhead)
-    where they were measured to work: one process on a GPU, one micro-step per optimizer step, no
-    torchao float8, no activation checkpointing; there they add 0.3-0.7% tokens/s to GPT-2 124M on an
-    H100 (BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate gradients (the memory
+    """The torch.compile mode the step runs. auto takes CUDA graphs (reduce-overhead) where they
+    can work: one process on a GPU, one micro-step per optimizer step, no torchao float8, no
+    activation checkpointing; there they add 0.3-0.7% tokens/s to GPT-2 124M on an H100 (measured
+    with the gpt2 and hybrid presets; BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate gradients (the memory
     holding one micro-step's gradients is overwritten by the next), and were never measured with
     DDP/FSDP, float8 blocks or checkpointed blocks."""
     if t.compile_mode != "auto":
