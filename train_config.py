@@ -102,9 +102,9 @@ class TrainConfig:
     dist_timeout_minutes: float = 10.0  # a collective waiting longer (a peer died) fails instead of hanging
     # speed (see BENCHMARKS.md for what each is worth)
     loss_chunk_rows: int = 32768  # the fused loss in chunks of this many tokens, never the whole batch's logits (0: plain)
-    # default | auto (CUDA graphs where they work: training_setup.compile_mode_for) | reduce-overhead | max-autotune
+    # auto (CUDA graphs where they work: training_setup.compile_mode_for) | default | reduce-overhead | max-autotune
     # | max-autotune-no-cudagraphs
-    compile_mode: str = "default"
+    compile_mode: str = "auto"
     sdpa_kernel: str = "auto"  # auto | flash | cudnn | efficient | math: the fused attention kernel SDPA may use
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)
     fp8: bool = False  # torchao float8 training on GPUs of compute capability 8.9+; bf16 elsewhere

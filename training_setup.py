@@ -63,12 +63,12 @@ def build_step_parts(config, device, dtype, dist):
 
 
 def compile_mode_for(t, device, world_size, accumulation_steps):
-    """The torch.compile mode the step runs. auto takes CUDA graphs (reduce-overhead) where they
-    can work: one process on a GPU, one micro-step per optimizer step, no torchao float8, no
-    activation checkpointing; there they add 0.3-0.7% tokens/s to GPT-2 124M on an H100 (measured
-    with the gpt2 and hybrid presets; BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate gradients (the memory
-    holding one micro-step's gradients is overwritten by the next), and were never measured with
-    DDP/FSDP, float8 blocks or checkpointed blocks."""
+    """The torch.compile mode the step runs. auto (the default) takes CUDA graphs (reduce-overhead)
+    where they can work: one process on a GPU, one micro-step per optimizer step, no torchao float8,
+    no activation checkpointing. There they add 0.4-1.0% tokens/s to GPT-2 124M on an H100, and all
+    four presets run under them (BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate
+    gradients (the memory holding one micro-step's gradients is overwritten by the next), and were
+    never measured with DDP/FSDP, float8 blocks or checkpointed blocks."""
     if t.compile_mode != "auto":
         return t.compile_mode
     graphs = (device.startswith("cuda") and world_size == 1 and accumulation_steps == 1 and not t.fp8

@@ -104,7 +104,8 @@ AUTO = dict(compile_mode="auto")
     (AUTO, "cuda", 1, 2, "default"),  # graphs cannot accumulate gradients
     (dict(AUTO, fp8=True), "cuda", 1, 1, "default"),
     (dict(AUTO, activation_checkpointing="full"), "cuda", 1, 1, "default"),
-    (dict(), "cuda", 1, 1, "default"),  # the default, and any explicit mode, is kept as it is
+    (dict(), "cuda", 1, 1, "reduce-overhead"),  # auto is the default
+    (dict(compile_mode="default"), "cuda", 1, 1, "default"),  # an explicit mode is kept as it is
     (dict(compile_mode="reduce-overhead"), "cpu", 1, 1, "reduce-overhead"),
     (dict(compile_mode="max-autotune"), "cuda", 2, 4, "max-autotune"),
 ])
