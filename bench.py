@@ -86,7 +86,7 @@ def measure(config, device, dtype, args):
             parts.pruner.after_step(parts.optimizer, steps_done)
         return result.loss_value()  # the loop's per-step loss check, a wait for the step's forward, as train.py's
 
-    if cuda:  # the peak over warm-up too: CUDA graphs (compile_mode=reduce-overhead) allocate only while recording
+    if cuda:  # the peak over warm-up too: CUDA graphs (compile_mode=auto, one GPU) allocate only while recording
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
         step()

@@ -64,15 +64,16 @@ def build_step_parts(config, device, dtype, dist):
 
 def compile_mode_for(t, device, world_size, accumulation_steps):
     """The torch.compile mode the step runs. auto (the default) takes CUDA graphs (reduce-overhead)
-    where they can work: one process on a GPU, one micro-step per optimizer step, no torchao float8,
-    no activation checkpointing. There they add 0.4-1.0% tokens/s to GPT-2 124M on an H100, and all
-    four presets run under them (BENCHMARKS.md). Elsewhere auto is default: graphs cannot accumulate
-    gradients (the memory holding one micro-step's gradients is overwritten by the next), and were
-    never measured with DDP/FSDP, float8 blocks or checkpointed blocks."""
+    where they can work: one process on an NVIDIA GPU, one micro-step per optimizer step, no torchao
+    float8, no activation checkpointing. There they add 0-1% tokens/s to GPT-2 124M on an H100 (never
+    less in alternating runs), and all four presets run under them (BENCHMARKS.md). Elsewhere auto is
+    default: graphs cannot accumulate gradients (the memory holding one micro-step's gradients is
+    overwritten by the next), and were never measured with DDP/FSDP, float8 blocks, checkpointed
+    blocks or ROCm's HIP graphs."""
     if t.compile_mode != "auto":
         return t.compile_mode
-    graphs = (device.startswith("cuda") and world_size == 1 and accumulation_steps == 1 and not t.fp8
-              and t.activation_checkpointing == "none")
+    graphs = (device.startswith("cuda") and not torch.version.hip and world_size == 1 and accumulation_steps == 1
+              and not t.fp8 and t.activation_checkpointing == "none")
     return "reduce-overhead" if graphs else "default"
 
 

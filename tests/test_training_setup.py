@@ -115,6 +115,12 @@ def test_compile_mode_auto_takes_cuda_graphs_only_where_they_work(options, devic
     assert compile_mode_for(TrainConfig(**options), device, world_size, accumulation) == expected
 
 
+def test_compile_mode_auto_leaves_rocm_without_graphs(monkeypatch):
+    from training_setup import compile_mode_for
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133")  # ROCm's torch names its GPUs cuda too
+    assert compile_mode_for(TrainConfig(), "cuda", 1, 1) == "default"
+
+
 def test_step_parts_say_which_compile_mode_runs(monkeypatch):
     import distributed
     passed = []
