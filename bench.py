@@ -26,7 +26,7 @@ from distributed import DistInfo
 from model_config import ConfigError
 from token_shards import read_dataset
 from train_step import train_step
-from training_setup import accumulation_for, build_step_parts
+from training_setup import build_step_parts
 
 
 def parse_args(argv):
@@ -72,13 +72,11 @@ def measure(config, device, dtype, args):
     t = config.train
     next_batch = batch_source(config, device, args.data)
     cuda = device.startswith("cuda")
-
-    accumulation_steps = accumulation_for(t, config.model.block_size, world_size=1)
     steps_done = 0
 
     def step():
         nonlocal steps_done
-        result = train_step(parts.step_model, parts.optimizer, next_batch, accumulation_steps,
+        result = train_step(parts.step_model, parts.optimizer, next_batch, parts.accumulation_steps,
                             parts.autocast, t.grad_clip, parts.scaler, parts.pruner,
                             loss_settings=parts.loss_settings)
         steps_done += 1
@@ -99,7 +97,7 @@ def measure(config, device, dtype, args):
     seconds = (time.perf_counter() - start) / args.steps
     if args.profile:
         write_profile(step, args.out)
-    tokens_per_step = t.batch_size * config.model.block_size * accumulation_steps
+    tokens_per_step = t.batch_size * config.model.block_size * parts.accumulation_steps
     flops = parts.model.flops_per_token(config.model.block_size)["total"]
     peak = hardware.run_peak_tflops(t.peak_tflops, hardware.device_name(device), dtype)
     result = {"arch": config.model.arch_name, "batch_size": t.batch_size, "ms_per_step": 1000 * seconds,

@@ -143,7 +143,6 @@ def setup(config, sources):
     train_loader = make_loader(t.data_loader, dataset, "train", batch_size=t.batch_size,
                                block_size=model_cfg.block_size, seed=t.seed, rank=dist.rank,
                                world_size=dist.world_size, device=device)
-    accumulation_steps = accumulation_for(t, model_cfg.block_size, dist.world_size)
     tokenizer, hellaswag = evaluation_data(t, dataset)
 
     # ---- model and optimizer (compiled, wrapped for DDP/ZeRO-1/FSDP, FP8 as configured)
@@ -162,13 +161,13 @@ def setup(config, sources):
                             run_record(config, model, flops, name, peak, dtype, dist, commit, parts),
                             backends=t.logger_backends, enabled=dist.is_main, project=t.logger_project)
     if dist.is_main:
-        print_startup(config, sources, model, flops, name, dtype, peak, accumulation_steps, train_loader, dist, parts)
+        print_startup(config, sources, model, flops, name, dtype, peak, train_loader, dist, parts)
     run = Run(config=config, dist=dist, strategy=parts.strategy, device=device, git_commit=commit, model=model,
               step_model=parts.step_model, optimizer=parts.optimizer, pruner=parts.pruner,
               max_iters=effective_max_iters(t), scaler=parts.scaler, autocast=parts.autocast,
               loss_settings=parts.loss_settings, dataset=dataset,
-              train_loader=train_loader, accumulation_steps=accumulation_steps,
-              tokens_per_step=t.batch_size * model_cfg.block_size * accumulation_steps * dist.world_size,
+              train_loader=train_loader, accumulation_steps=parts.accumulation_steps,
+              tokens_per_step=t.batch_size * model_cfg.block_size * parts.accumulation_steps * dist.world_size,
               flops_per_token=flops["total"], peak_tflops=peak, logger=logger,
               checkpoints=checkpointing.CheckpointManager(Path(t.checkpoint_dir) / run_name, t.keep_checkpoints,
                                                           t.on_checkpoint_error),
@@ -506,18 +505,17 @@ def run_record(config, model, flops, device_name, peak, dtype, dist, commit, par
             "started": datetime.now().isoformat(timespec="seconds")}
 
 
-def print_startup(config, sources, model, flops, device_name, dtype, peak, accumulation_steps, train_loader, dist,
-                  parts):
+def print_startup(config, sources, model, flops, device_name, dtype, peak, train_loader, dist, parts):
     print(f"architecture {config.model.arch_name}: {model.num_params(non_embedding=False):,} parameters "
           f"({model.num_params():,} non-embedding)")
     print("configuration (differences from the defaults):")
     print("\n".join(describe_changes(config, sources)) or "  none")
     parallel = f", {dist.world_size} ranks ({parts.strategy})" if dist.enabled else ""
-    print(f"device {device_name}, dtype {dtype}, gradient accumulation {accumulation_steps}{parallel}")
+    print(f"device {device_name}, dtype {dtype}, gradient accumulation {parts.accumulation_steps}{parallel}")
     print(f"step: torch.compile {parts.compile_mode or 'off'}; {parts.loss_settings.describe()}")
     steps_per_epoch = getattr(train_loader, "steps_per_epoch", None)
     if steps_per_epoch:
-        print(f"sequential data: {steps_per_epoch // accumulation_steps} optimizer steps per epoch")
+        print(f"sequential data: {steps_per_epoch // parts.accumulation_steps} optimizer steps per epoch")
     t = config.train
     if effective_max_iters(t) != t.max_iters:
         print(f"bitter2: training {effective_max_iters(t)} steps = max_iters {t.max_iters} x bitter2_scale "

@@ -35,6 +35,7 @@ class StepParts:
     loss_settings: LossSettings  # what the step and the evaluation pass to the model's loss
     strategy: str
     compile_mode: str | None  # the torch.compile mode the step runs, None when not compiled
+    accumulation_steps: int  # micro-steps per optimizer step
 
 
 def build_step_parts(config, device, dtype, dist):
@@ -49,8 +50,8 @@ def build_step_parts(config, device, dtype, dist):
     cublaslt.reserve_workspace(device)  # outside any CUDA graph's memory pool
     strategy = distributed.strategy_of(t)
     compile_model = t.compile if t.compile is not None else device.startswith("cuda")
-    compile_mode = compile_mode_for(t, device, dist.world_size,
-                                    accumulation_for(t, config.model.block_size, dist.world_size))
+    accumulation_steps = accumulation_for(t, config.model.block_size, dist.world_size)
+    compile_mode = compile_mode_for(t, device, dist.world_size, accumulation_steps)
     step_model = distributed.wrap_model(model, dist, strategy, compile_model, hardware.torch_dtype(dtype),
                                         t.fsdp_reshard_after_forward, compile_mode)
     torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks
@@ -59,7 +60,7 @@ def build_step_parts(config, device, dtype, dist):
     return StepParts(model=model, step_model=step_model, optimizer=optimizer, pruner=build_pruner(model, t),
                      scaler=scaler, autocast=hardware.autocast_context(device, dtype),
                      loss_settings=loss_settings_for(t, config.model, device, dtype), strategy=strategy,
-                     compile_mode=compile_mode if compile_model else None)
+                     compile_mode=compile_mode if compile_model else None, accumulation_steps=accumulation_steps)
 
 
 def compile_mode_for(t, device, world_size, accumulation_steps):
