@@ -258,7 +258,7 @@ def reserve_workspace(device):
     step's first calls run inside the graphs' memory pool, which must not keep a tensor the graph did
     not return: a workspace allocated there stops the run ("Detected 1 tensor(s) in the cudagraph pool
     not tracked as outputs", seen on an H100 with the llama and team presets, whose first cuBLASLt
-    call is inside the step)."""
+    call is inside the step; reserved here, all four presets run under graphs)."""
     device = torch.device(device)
     if device.type != "cuda" or not loadable():
         return
