@@ -66,11 +66,11 @@ def build_step_parts(config, device, dtype, dist):
 def compile_mode_for(t, device, world_size, accumulation_steps):
     """The torch.compile mode the step runs. auto (the default) takes CUDA graphs (reduce-overhead)
     where they can work: one process on an NVIDIA GPU, one micro-step per optimizer step, no torchao
-    float8, no activation checkpointing. There they add 0-1% tokens/s to GPT-2 124M on an H100 (never
-    less in alternating runs), and all four presets run under them (BENCHMARKS.md). Elsewhere auto is
-    default: graphs cannot accumulate gradients (the memory holding one micro-step's gradients is
-    overwritten by the next), and were never measured with DDP/FSDP, float8 blocks, checkpointed
-    blocks or ROCm's HIP graphs."""
+    float8, no activation checkpointing. There GPT-2 124M on an H100 runs from as fast as without
+    them to 1% faster, depending on the machine, and all four presets run (BENCHMARKS.md).
+    Elsewhere auto is default: graphs cannot accumulate gradients (the memory holding one
+    micro-step's gradients is overwritten by the next), and were never measured with DDP/FSDP,
+    float8 blocks, checkpointed blocks or ROCm's HIP graphs."""
     if t.compile_mode != "auto":
         return t.compile_mode
     graphs = (device.startswith("cuda") and not torch.version.hip and world_size == 1 and accumulation_steps == 1
