@@ -77,9 +77,11 @@ def _clip_then_step(model, optimizer, grad_clip, scaler):
 
 def _clips_inside_the_step(optimizer, model):
     """Whether the optimizer is torch's fused AdamW on plain tensors (not FSDP2's DTensors): it can
-    divide the gradients by the clipping factor as it reads them."""
+    divide the gradients by the clipping factor as it reads them. FSDP2 shards every parameter or
+    none (distributed.wrap_model shards the root module too), so the first parameter says which;
+    asking each of GPT-2's 148 took 0.3 ms of CPU per step."""
     return (type(optimizer) is torch.optim.AdamW and optimizer.defaults.get("fused")
-            and not any(hasattr(p, "full_tensor") for p in model.parameters()))
+            and not hasattr(next(model.parameters()), "full_tensor"))
 
 
 def _step_clipping_inside(model, optimizer, grad_clip):

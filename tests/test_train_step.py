@@ -77,3 +77,24 @@ def test_fused_adamw_clipping_inside_its_step_equals_clipping_the_gradients_firs
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert max((a - b).abs().max() for a, b in zip(fused, unclipped)) > 1e-4
+
+
+def test_fused_adamw_clips_inside_its_step_only_on_plain_parameters(tmp_path):
+    """FSDP2's DTensor parameters take the clip-then-step path; the check reads the first parameter,
+    as fully_shard on the root module makes every parameter a DTensor."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from train_step import _clips_inside_the_step
+    model, _, _ = _model_and_batches()
+    fused = torch.optim.AdamW(model.parameters(), fused=True)
+    assert _clips_inside_the_step(fused, model)
+    assert not _clips_inside_the_step(torch.optim.AdamW(model.parameters(), foreach=False), model)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        assert not _clips_inside_the_step(fused, model)
+    finally:
+        dist.destroy_process_group()
