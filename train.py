@@ -496,7 +496,8 @@ def evaluation_data(t, dataset):
 def run_record(config, model, flops, device_name, peak, dtype, dist, commit, parts):
     """What the run is: its config, and what the config's auto settings resolved to on this device."""
     return {"config": config.to_dict(), "arch_name": config.model.arch_name, "world_size": dist.world_size,
-            "compile_mode": parts.compile_mode, "fp8_lm_head": parts.loss_settings.fp8,
+            "compile_mode": parts.compile_mode, "dependent_launch": parts.dependent_launch,
+            "fp8_lm_head": parts.loss_settings.fp8,
             "effective_max_iters": effective_max_iters(config.train),
             "params": model.num_params(non_embedding=False),
             "params_non_embedding": model.num_params(non_embedding=True),
@@ -512,7 +513,8 @@ def print_startup(config, sources, model, flops, device_name, dtype, peak, train
     print("\n".join(describe_changes(config, sources)) or "  none")
     parallel = f", {dist.world_size} ranks ({parts.strategy})" if dist.enabled else ""
     print(f"device {device_name}, dtype {dtype}, gradient accumulation {parts.accumulation_steps}{parallel}")
-    print(f"step: torch.compile {parts.compile_mode or 'off'}; {parts.loss_settings.describe()}")
+    launch = " with dependent launch" if parts.dependent_launch else ""
+    print(f"step: torch.compile {parts.compile_mode or 'off'}{launch}; {parts.loss_settings.describe()}")
     steps_per_epoch = getattr(train_loader, "steps_per_epoch", None)
     if steps_per_epoch:
         print(f"sequential data: {steps_per_epoch // parts.accumulation_steps} optimizer steps per epoch")

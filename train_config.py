@@ -105,6 +105,9 @@ class TrainConfig:
     # auto (CUDA graphs where they work: training_setup.compile_mode_for) | default | reduce-overhead | max-autotune
     # | max-autotune-no-cudagraphs
     compile_mode: str = "auto"
+    # programmatic dependent launch of the compiled step's kernels, each waiting for the one before it
+    # (dependent_launch.py); None: where it runs (compiled, NVIDIA compute capability 9.0+)
+    dependent_launch: bool | None = None
     sdpa_kernel: str = "auto"  # auto | flash | cudnn | efficient | math: the fused attention kernel SDPA may use
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)
     fp8: bool = False  # torchao float8 training on GPUs of compute capability 8.9+; bf16 elsewhere

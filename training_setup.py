@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import cublaslt
+import dependent_launch
 import distributed
 import hardware
 from linear_cross_entropy import LossSettings, fp8_unsupported
@@ -35,6 +36,7 @@ class StepParts:
     loss_settings: LossSettings  # what the step and the evaluation pass to the model's loss
     strategy: str
     compile_mode: str | None  # the torch.compile mode the step runs, None when not compiled
+    dependent_launch: bool  # Inductor's kernels launch while the kernel before them finishes (dependent_launch.py)
     accumulation_steps: int  # micro-steps per optimizer step
 
 
@@ -52,6 +54,7 @@ def build_step_parts(config, device, dtype, dist):
     compile_model = t.compile if t.compile is not None else device.startswith("cuda")
     accumulation_steps = accumulation_for(t, config.model.block_size, dist.world_size)
     compile_mode = compile_mode_for(t, device, dist.world_size, accumulation_steps)
+    launch_early = dependent_launch.enable(t.dependent_launch, device, compiled=compile_model)
     step_model = distributed.wrap_model(model, dist, strategy, compile_model, hardware.torch_dtype(dtype),
                                         t.fsdp_reshard_after_forward, compile_mode)
     torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks
@@ -60,7 +63,8 @@ def build_step_parts(config, device, dtype, dist):
     return StepParts(model=model, step_model=step_model, optimizer=optimizer, pruner=build_pruner(model, t),
                      scaler=scaler, autocast=hardware.autocast_context(device, dtype),
                      loss_settings=loss_settings_for(t, config.model, device, dtype), strategy=strategy,
-                     compile_mode=compile_mode if compile_model else None, accumulation_steps=accumulation_steps)
+                     compile_mode=compile_mode if compile_model else None, dependent_launch=launch_early,
+                     accumulation_steps=accumulation_steps)
 
 
 def compile_mode_for(t, device, world_size, accumulation_steps):

@@ -146,3 +146,15 @@ def test_step_parts_reserve_the_cublaslt_workspace_on_the_step_device(monkeypatc
     monkeypatch.setattr(cublaslt, "reserve_workspace", devices.append)
     _parts()
     assert devices == ["cpu"]
+
+
+def test_step_parts_ask_for_dependent_launch_with_the_compile_setting(monkeypatch):
+    import dependent_launch
+    asked = []
+    monkeypatch.setattr(dependent_launch, "enable", lambda requested, device, compiled: asked.append(
+        (requested, device, compiled)) or compiled)
+    assert _parts()[0].dependent_launch is False and asked[-1] == (None, "cpu", False)  # compile=False
+    cfg = ModelConfig.from_preset("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+    parts = build_step_parts(Config(cfg, TrainConfig(batch_size=2, device="cpu", compile=True, dependent_launch=True)),
+                             "cpu", "float32", DistInfo())
+    assert parts.dependent_launch is True and asked[-1] == (True, "cpu", True)
