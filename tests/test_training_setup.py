@@ -150,6 +150,10 @@ def test_step_parts_reserve_the_cublaslt_workspace_on_the_step_device(monkeypatc
 
 def test_step_parts_ask_for_dependent_launch_with_the_compile_setting(monkeypatch):
     import dependent_launch
+    import distributed
+    original = distributed.wrap_model
+    monkeypatch.setattr(distributed, "wrap_model", lambda model, info, strategy, compile_model, *rest: original(
+        model, info, strategy, False, *rest))  # what is asked for is the point here, not a compiled model
     asked = []
     monkeypatch.setattr(dependent_launch, "enable", lambda requested, device, compiled: asked.append(
         (requested, device, compiled)) or compiled)
