@@ -26,6 +26,7 @@ import torch
 from torch._inductor import custom_graph_pass
 
 _rule_installed = False
+_INDUCTOR_SETTING = torch._inductor.config.triton.enable_pdl  # as the environment set it (TORCHINDUCTOR_ENABLE_PDL)
 
 
 def unavailable_reason(device: str, compiled: bool) -> str | None:
@@ -46,18 +47,18 @@ def unavailable_reason(device: str, compiled: bool) -> str | None:
 def enable(requested: bool | None, device: str, compiled: bool) -> bool:
     """Turns PDL on for the Triton kernels torch.compile generates from now on in this process, with
     the wait-first rule. requested None: where it can run; True: the same, with one warning where it
-    cannot; False: off. Returns whether it is on."""
-    if requested is False:
-        return False
-    reason = unavailable_reason(device, compiled)
-    if reason:
-        if requested:
-            warnings.warn(f"dependent_launch=True is ignored: programmatic dependent launch is off because {reason}.",
-                          stacklevel=2)
-        return False
-    _install_wait_first_rule()
-    torch._inductor.config.triton.enable_pdl = True
-    return True
+    cannot; False: off. Off, Inductor's setting goes back to what the environment made it, so a later
+    step in the same process (bench.py's sweeps) is not compiled with an earlier one's. Returns
+    whether it is on."""
+    reason = None if requested is False else unavailable_reason(device, compiled)
+    if reason and requested:
+        warnings.warn(f"dependent_launch=True is ignored: programmatic dependent launch is off because {reason}.",
+                      stacklevel=2)
+    on = requested is not False and reason is None
+    if on:
+        _install_wait_first_rule()
+    torch._inductor.config.triton.enable_pdl = on or _INDUCTOR_SETTING
+    return on
 
 
 def _triton_kernel_class():

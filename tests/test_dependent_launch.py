@@ -65,6 +65,16 @@ def test_off_where_it_cannot_run_and_a_request_says_why_once():
     assert "not compiled" in messages[1]
 
 
+def test_a_step_without_it_is_not_compiled_with_an_earlier_steps_setting(monkeypatch):
+    monkeypatch.setattr(torch._inductor.config.triton, "enable_pdl", False)
+    monkeypatch.setattr(dependent_launch, "unavailable_reason", lambda device, compiled: None)  # as on an H100
+    monkeypatch.setattr(dependent_launch, "_install_wait_first_rule", lambda: None)
+    assert dependent_launch.enable(None, "cuda", compiled=True) is True
+    assert torch._inductor.config.triton.enable_pdl is True
+    assert dependent_launch.enable(False, "cuda", compiled=True) is False  # the next row of a bench sweep
+    assert torch._inductor.config.triton.enable_pdl is False
+
+
 def test_the_rule_is_part_of_inductors_cache_key(monkeypatch):
     monkeypatch.setattr(torch._inductor.config, "post_grad_custom_pre_pass", None)
     monkeypatch.setattr(TritonKernel, "_filter_pdl", ORIGINAL_FILTER)
