@@ -44,12 +44,15 @@ def unavailable_reason(device: str, compiled: bool) -> str | None:
     return None
 
 
-def enable(requested: bool | None, device: str, compiled: bool) -> bool:
+def enable(requested: bool | None, device: str, compiled: bool, world_size: int = 1) -> bool:
     """Turns PDL on for the Triton kernels torch.compile generates from now on in this process, with
-    the wait-first rule. requested None: where it can run; True: the same, with one warning where it
-    cannot; False: off. Off, Inductor's setting goes back to what the environment made it, so a later
+    the wait-first rule. requested None: where it can run in a single-process run, the only kind it was
+    measured in (with several ranks NCCL's kernels run on their own streams beside the step's); True:
+    wherever it can run, with one warning where it cannot; False: off. Off, Inductor's setting goes back to what the environment made it, so a later
     step in the same process (bench.py's sweeps) is not compiled with an earlier one's. Returns
     whether it is on."""
+    if requested is None and world_size > 1:
+        requested = False
     reason = None if requested is False else unavailable_reason(device, compiled)
     if reason and requested:
         warnings.warn(f"dependent_launch=True is ignored: programmatic dependent launch is off because {reason}.",

@@ -106,7 +106,7 @@ class TrainConfig:
     # | max-autotune-no-cudagraphs
     compile_mode: str = "auto"
     # programmatic dependent launch of the compiled step's kernels, each waiting for the one before it
-    # (dependent_launch.py); None: where it runs (compiled, NVIDIA compute capability 9.0+)
+    # (dependent_launch.py); None: where it runs, one process (compiled, NVIDIA compute capability 9.0+)
     dependent_launch: bool | None = None
     sdpa_kernel: str = "auto"  # auto | flash | cudnn | efficient | math: the fused attention kernel SDPA may use
     activation_checkpointing: str = "none"  # none | full (every block) | selective (every second block)

@@ -54,7 +54,7 @@ def build_step_parts(config, device, dtype, dist):
     compile_model = t.compile if t.compile is not None else device.startswith("cuda")
     accumulation_steps = accumulation_for(t, config.model.block_size, dist.world_size)
     compile_mode = compile_mode_for(t, device, dist.world_size, accumulation_steps)
-    launch_early = dependent_launch.enable(t.dependent_launch, device, compiled=compile_model)
+    launch_early = dependent_launch.enable(t.dependent_launch, device, compile_model, dist.world_size)
     step_model = distributed.wrap_model(model, dist, strategy, compile_model, hardware.torch_dtype(dtype),
                                         t.fsdp_reshard_after_forward, compile_mode)
     torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks

@@ -75,6 +75,15 @@ def test_a_step_without_it_is_not_compiled_with_an_earlier_steps_setting(monkeyp
     assert torch._inductor.config.triton.enable_pdl is False
 
 
+def test_by_default_only_a_single_process_run_launches_early(monkeypatch):
+    monkeypatch.setattr(torch._inductor.config.triton, "enable_pdl", False)
+    monkeypatch.setattr(dependent_launch, "unavailable_reason", lambda device, compiled: None)  # as on an H100
+    monkeypatch.setattr(dependent_launch, "_install_wait_first_rule", lambda: None)
+    assert dependent_launch.enable(None, "cuda:3", compiled=True, world_size=8) is False
+    assert torch._inductor.config.triton.enable_pdl is False
+    assert dependent_launch.enable(True, "cuda:3", compiled=True, world_size=8) is True
+
+
 def test_the_rule_is_part_of_inductors_cache_key(monkeypatch):
     monkeypatch.setattr(torch._inductor.config, "post_grad_custom_pre_pass", None)
     monkeypatch.setattr(TritonKernel, "_filter_pdl", ORIGINAL_FILTER)

@@ -155,10 +155,10 @@ def test_step_parts_ask_for_dependent_launch_with_the_compile_setting(monkeypatc
     monkeypatch.setattr(distributed, "wrap_model", lambda model, info, strategy, compile_model, *rest: original(
         model, info, strategy, False, *rest))  # what is asked for is the point here, not a compiled model
     asked = []
-    monkeypatch.setattr(dependent_launch, "enable", lambda requested, device, compiled: asked.append(
-        (requested, device, compiled)) or compiled)
-    assert _parts()[0].dependent_launch is False and asked[-1] == (None, "cpu", False)  # compile=False
+    monkeypatch.setattr(dependent_launch, "enable", lambda requested, device, compiled, world_size: asked.append(
+        (requested, device, compiled, world_size)) or compiled)
+    assert _parts()[0].dependent_launch is False and asked[-1] == (None, "cpu", False, 1)  # compile=False
     cfg = ModelConfig.from_preset("gpt2", n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
     parts = build_step_parts(Config(cfg, TrainConfig(batch_size=2, device="cpu", compile=True, dependent_launch=True)),
                              "cpu", "float32", DistInfo())
-    assert parts.dependent_launch is True and asked[-1] == (True, "cpu", True)
+    assert parts.dependent_launch is True and asked[-1] == (True, "cpu", True, 1)
