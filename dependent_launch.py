@@ -39,18 +39,22 @@ def unavailable_reason(device: str, compiled: bool) -> str | None:
     if major < 9:
         return f"it needs compute capability 9.0+ (this GPU has {major}.{minor})"
     kernel = _triton_kernel_class()
-    if kernel is None or not all(hasattr(kernel, name) for name in ("_filter_pdl", "GDC_WAIT", "_enable_pdl_codegen")):
+    hooks = ("_filter_pdl", "GDC_WAIT", "_enable_pdl_codegen")
+    if kernel is None or not all(hasattr(kernel, name) for name in hooks):
         return f"this torch ({torch.__version__}) has no Inductor PDL code generation this module knows"
+    if torch._inductor.config.post_grad_custom_pre_pass not in (None, _RULE_IN_CACHE_KEY):
+        return ("torch._inductor.config.post_grad_custom_pre_pass, where it keeps its rule in Inductor's cache "
+                "key, is taken")
     return None
 
 
 def enable(requested: bool | None, device: str, compiled: bool, world_size: int = 1) -> bool:
     """Turns PDL on for the Triton kernels torch.compile generates from now on in this process, with
-    the wait-first rule. requested None: where it can run in a single-process run, the only kind it was
-    measured in (with several ranks NCCL's kernels run on their own streams beside the step's); True:
-    wherever it can run, with one warning where it cannot; False: off. Off, Inductor's setting goes back to what the environment made it, so a later
-    step in the same process (bench.py's sweeps) is not compiled with an earlier one's. Returns
-    whether it is on."""
+    the wait-first rule. requested None: where it can run in a single-process run, the only kind it
+    was measured in (with several ranks NCCL's kernels run on their own streams beside the step's);
+    True: wherever it can run, with one warning where it cannot; False: off. Off, Inductor's setting
+    goes back to what the environment made it, so a later step in the same process (bench.py's
+    sweeps) is not compiled with an earlier one's. Returns whether it is on."""
     if requested is None and world_size > 1:
         requested = False
     reason = None if requested is False else unavailable_reason(device, compiled)
@@ -95,11 +99,14 @@ class _RuleInCacheKey(custom_graph_pass.CustomGraphPass):
         return custom_graph_pass.get_hash_for_files((__file__,))
 
 
+_RULE_IN_CACHE_KEY = _RuleInCacheKey()
+
+
 def _install_wait_first_rule():
     global _rule_installed
     if _rule_installed:
         return
     kernel = _triton_kernel_class()
     kernel._filter_pdl = wait_first(kernel._filter_pdl)
-    torch._inductor.config.post_grad_custom_pre_pass = _RuleInCacheKey()
+    torch._inductor.config.post_grad_custom_pre_pass = _RULE_IN_CACHE_KEY
     _rule_installed = True

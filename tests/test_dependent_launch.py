@@ -84,6 +84,22 @@ def test_by_default_only_a_single_process_run_launches_early(monkeypatch):
     assert dependent_launch.enable(True, "cuda:3", compiled=True, world_size=8) is True
 
 
+def test_a_custom_pass_of_the_users_is_left_alone(monkeypatch):
+    class UsersPass(dependent_launch.custom_graph_pass.CustomGraphPass):
+        def __call__(self, graph):
+            pass
+
+        def uuid(self):
+            return b"users"
+
+    users_pass = UsersPass()
+    monkeypatch.setattr(torch._inductor.config, "post_grad_custom_pre_pass", users_pass)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # as on an H100
+    assert "post_grad_custom_pre_pass" in dependent_launch.unavailable_reason("cuda", compiled=True)
+    assert dependent_launch.enable(None, "cuda", compiled=True) is False
+    assert torch._inductor.config.post_grad_custom_pre_pass is users_pass
+
+
 def test_the_rule_is_part_of_inductors_cache_key(monkeypatch):
     monkeypatch.setattr(torch._inductor.config, "post_grad_custom_pre_pass", None)
     monkeypatch.setattr(TritonKernel, "_filter_pdl", ORIGINAL_FILTER)
