@@ -23,10 +23,12 @@ import functools
 import warnings
 
 import torch
+import torch._inductor.config as inductor_config
 from torch._inductor import custom_graph_pass
 
 _rule_installed = False
-_INDUCTOR_SETTING = torch._inductor.config.triton.enable_pdl  # as the environment set it (TORCHINDUCTOR_ENABLE_PDL)
+# Inductor's own setting, as the environment made it (TORCHINDUCTOR_ENABLE_PDL); None where this torch has none
+_INDUCTOR_SETTING = getattr(inductor_config.triton, "enable_pdl", None)
 
 
 def unavailable_reason(device: str, compiled: bool) -> str | None:
@@ -40,9 +42,9 @@ def unavailable_reason(device: str, compiled: bool) -> str | None:
         return f"it needs compute capability 9.0+ (this GPU has {major}.{minor})"
     kernel = _triton_kernel_class()
     hooks = ("_filter_pdl", "GDC_WAIT", "_enable_pdl_codegen")
-    if kernel is None or not all(hasattr(kernel, name) for name in hooks):
+    if _INDUCTOR_SETTING is None or kernel is None or not all(hasattr(kernel, name) for name in hooks):
         return f"this torch ({torch.__version__}) has no Inductor PDL code generation this module knows"
-    if torch._inductor.config.post_grad_custom_pre_pass not in (None, _RULE_IN_CACHE_KEY):
+    if inductor_config.post_grad_custom_pre_pass not in (None, _RULE_IN_CACHE_KEY):
         return ("torch._inductor.config.post_grad_custom_pre_pass, where it keeps its rule in Inductor's cache "
                 "key, is taken")
     return None
@@ -64,7 +66,8 @@ def enable(requested: bool | None, device: str, compiled: bool, world_size: int 
     on = requested is not False and reason is None
     if on:
         _install_wait_first_rule()
-    torch._inductor.config.triton.enable_pdl = on or _INDUCTOR_SETTING
+    if _INDUCTOR_SETTING is not None:
+        inductor_config.triton.enable_pdl = on or _INDUCTOR_SETTING
     return on
 
 
@@ -108,5 +111,5 @@ def _install_wait_first_rule():
         return
     kernel = _triton_kernel_class()
     kernel._filter_pdl = wait_first(kernel._filter_pdl)
-    torch._inductor.config.post_grad_custom_pre_pass = _RULE_IN_CACHE_KEY
+    inductor_config.post_grad_custom_pre_pass = _RULE_IN_CACHE_KEY
     _rule_installed = True

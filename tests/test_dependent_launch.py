@@ -100,6 +100,16 @@ def test_a_custom_pass_of_the_users_is_left_alone(monkeypatch):
     assert torch._inductor.config.post_grad_custom_pre_pass is users_pass
 
 
+def test_a_torch_without_inductor_pdl_keeps_it_off_and_its_config_untouched(monkeypatch):
+    monkeypatch.setattr(dependent_launch, "_INDUCTOR_SETTING", None)  # as torch 2.6's config, which has no enable_pdl
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # as on an H100
+    monkeypatch.delattr(torch._inductor.config.triton, "enable_pdl")
+    assert "has no Inductor PDL code generation" in dependent_launch.unavailable_reason("cuda", compiled=True)
+    assert dependent_launch.enable(None, "cuda", compiled=True) is False
+    assert dependent_launch.enable(False, "cuda", compiled=True) is False
+    assert not hasattr(torch._inductor.config.triton, "enable_pdl")
+
+
 def test_the_rule_is_part_of_inductors_cache_key(monkeypatch):
     monkeypatch.setattr(torch._inductor.config, "post_grad_custom_pre_pass", None)
     monkeypatch.setattr(TritonKernel, "_filter_pdl", ORIGINAL_FILTER)
