@@ -5,8 +5,8 @@ With PDL (NVIDIA GPUs of compute capability 9.0+) a kernel is launched while the
 still runs: its blocks are placed on the SMs the predecessor's tail leaves idle, and they wait
 (griddepcontrol.wait) until the predecessor has completed and its writes are visible. That hides the
 launch gap between kernels. Inductor's own placement (TORCHINDUCTOR_ENABLE_PDL=1) puts the wait
-before the first access to a buffer the previous kernel wrote, and none at all in a kernel that loads
-nothing, such as the zero-fill of the embedding gradient. Such a kernel can complete before its
+before the first access to a buffer the previous kernel used (matched by name), else just after the
+kernel's first load, and none at all in a kernel that loads nothing, such as the zero-fill of the embedding gradient. Such a kernel can complete before its
 predecessor has, and the next kernel's wait then covers only the zero-fill: it can read what the
 predecessor is still writing, and the zero-fill itself can overwrite memory the predecessor still
 reads (freed buffers are reused). Here every Inductor kernel waits first, before any load or store,
@@ -15,8 +15,9 @@ earlier kernel has. Kernels launched without PDL (cuBLAS, cuDNN, this project's 
 wait for all earlier work as stream order has it.
 
 Measured on H100s (GPT-2 124M, batch 32, BENCHMARKS.md): +0.45% tokens/s on average over 7
-alternating pairs on three machines, as fast as Inductor's own placement, which left 33 of the
-step's 65 kernels touching memory before their wait. The rule is a wrapper around a private
+alternating pairs on three machines; on the one machine where both ran, no slower than Inductor's own
+placement (603,557 against 602,375 tokens/s, 3 runs each), which left 33 of the step's 65 kernels
+touching memory before their wait. The rule is a wrapper around a private
 Inductor method; where a torch lacks it, PDL stays off.
 """
 import functools
