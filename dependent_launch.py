@@ -6,19 +6,20 @@ still runs: its blocks are placed on the SMs the predecessor's tail leaves idle,
 (griddepcontrol.wait) until the predecessor has completed and its writes are visible. That hides the
 launch gap between kernels. Inductor's own placement (TORCHINDUCTOR_ENABLE_PDL=1) puts the wait
 before the first access to a buffer the previous kernel used (matched by name), else just after the
-kernel's first load, and none at all in a kernel that loads nothing, such as the zero-fill of the embedding gradient. Such a kernel can complete before its
-predecessor has, and the next kernel's wait then covers only the zero-fill: it can read what the
-predecessor is still writing, and the zero-fill itself can overwrite memory the predecessor still
-reads (freed buffers are reused). Here every Inductor kernel waits first, before any load or store,
-so no kernel touches memory before the kernel before it has completed, and by induction before every
-earlier kernel has. Kernels launched without PDL (cuBLAS, cuDNN, this project's own Triton kernels)
-wait for all earlier work as stream order has it.
+kernel's first load, and none at all in a kernel that loads nothing, such as the zero-fill of the
+embedding gradient. Such a kernel can complete before its predecessor has, and the next kernel's
+wait then covers only the zero-fill: it can read what the predecessor is still writing, and the
+zero-fill itself can overwrite memory the predecessor still reads (freed buffers are reused). Here
+every Inductor kernel waits first, before any load or store, so no kernel touches memory before the
+kernel before it has completed, and by induction before every earlier kernel has. Kernels launched
+without PDL (cuBLAS, cuDNN, this project's own Triton kernels) wait for all earlier work as stream
+order has it.
 
 Measured on H100s (GPT-2 124M, batch 32, BENCHMARKS.md): +0.45% tokens/s on average over 7
-alternating pairs on three machines; on the one machine where both ran, no slower than Inductor's own
-placement (603,557 against 602,375 tokens/s, 3 runs each), which left 33 of the step's 65 kernels
-touching memory before their wait. The rule is a wrapper around a private
-Inductor method; where a torch lacks it, PDL stays off.
+alternating pairs on three machines; on the one machine where both ran, no slower than Inductor's
+own placement (603,557 against 602,375 tokens/s, 3 runs each), which left 33 of the step's 65
+kernels touching memory before their wait. The rule is a wrapper around a private Inductor method;
+where a torch lacks it, PDL stays off.
 """
 import functools
 import warnings
@@ -26,6 +27,8 @@ import warnings
 import torch
 import torch._inductor.config as inductor_config
 from torch._inductor import custom_graph_pass
+
+import hardware
 
 _rule_installed = False
 # Inductor's own setting, as the environment made it (TORCHINDUCTOR_ENABLE_PDL); None where this torch has none
@@ -36,7 +39,7 @@ def unavailable_reason(device: str, compiled: bool) -> str | None:
     """Why PDL cannot run for the step on device, or None when it can."""
     if not compiled:
         return "it applies to torch.compile's kernels and the step is not compiled"
-    if not device.startswith("cuda") or torch.version.hip:
+    if not device.startswith("cuda") or hardware.is_rocm():
         return f"it needs an NVIDIA GPU (device is {device})"
     major, minor = torch.cuda.get_device_capability(torch.device(device))
     if major < 9:

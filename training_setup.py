@@ -77,7 +77,7 @@ def compile_mode_for(t, device, world_size, accumulation_steps):
     float8 blocks, checkpointed blocks or ROCm's HIP graphs."""
     if t.compile_mode != "auto":
         return t.compile_mode
-    graphs = (device.startswith("cuda") and not torch.version.hip and world_size == 1 and accumulation_steps == 1
+    graphs = (device.startswith("cuda") and not hardware.is_rocm() and world_size == 1 and accumulation_steps == 1
               and not t.fp8 and t.activation_checkpointing == "none")
     return "reduce-overhead" if graphs else "default"
 
@@ -174,6 +174,6 @@ def accumulation_for(t, block_size, world_size):
         # CUDAGraphs that has been overwritten"), as the gradients of the first live in graph memory
         raise ConfigError(f"compile_mode={t.compile_mode!r} (CUDA graphs) cannot accumulate gradients over {steps} "
                           f"micro-steps: the graphs' memory holding one micro-step's gradients is overwritten by the "
-                          f"next. Use compile_mode='default' (or 'auto', which takes graphs only where they work), or a "
-                          f"batch_size that needs no accumulation.")
+                          f"next. Use compile_mode='default' (or 'auto', which takes graphs only where they work), "
+                          f"or a batch_size that needs no accumulation.")
     return steps
