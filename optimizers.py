@@ -1,19 +1,23 @@
 """Optimizers and the learning-rate schedule.
 
 optimizer = adamw | adamwspam | adamwprune:
-  adamw       torch AdamW (fused on CUDA)
+  adamw       torch AdamW (fused on CUDA), its update on CUDA one Triton kernel (fused_adamw.py) unless
+              adamw_kernel=torch
   adamwspam   AdamWSPAM below: AdamW plus spike-aware clipping, spike damping and momentum resets
   adamwprune  AdamWPrune below: torch AdamW whose moments score weights for pruning (pruning.py
               applies the masks; pruning_method=state)
 All three decay only parameters with 2+ dimensions.
 """
 import math
+import warnings
 
 import torch
 
+import fused_adamw
 from model_config import ConfigError, _choice_message
 
 OPTIMIZERS = ("adamw", "adamwspam", "adamwprune")
+ADAMW_KERNELS = ("auto", "triton", "torch")
 ADAMWPRUNE_VARIANTS = ("bitter0", "bitter1", "bitter2")
 
 # A gradient norm is a spike only against at least this many earlier norms: a z-score over fewer
@@ -43,7 +47,22 @@ def build_optimizer(model, train_cfg, device):
                          warmup_steps=t.spam_warmup_steps if t.spam_warmup else 0)
     if t.optimizer == "adamwprune":
         return AdamWPrune(groups, variant=t.adamwprune_variant, lr=t.learning_rate, betas=betas, fused=fused)
+    if adamw_kernel_runs(t.adamw_kernel, device):
+        return fused_adamw.AdamW(groups, lr=t.learning_rate, betas=betas)
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=betas, fused=fused)
+
+
+def adamw_kernel_runs(requested, device):
+    """Whether AdamW's update runs fused_adamw's Triton kernel: auto where it can (CUDA, triton
+    installed), triton too but with one warning where it cannot, torch never."""
+    if requested == "torch":
+        return False
+    if not fused_adamw.available(device):
+        if requested == "triton":
+            warnings.warn(f"adamw_kernel=triton ignored: the kernel runs on CUDA devices with triton installed, and "
+                          f"the device is {device}; torch's AdamW runs instead.", stacklevel=2)
+        return False
+    return True
 
 
 def decay_groups(model, weight_decay):
@@ -56,6 +75,8 @@ def check_optimizer_options(t):
     """ConfigError for a bad optimizer option; TrainConfig.__post_init__ calls this too."""
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(_choice_message("optimizer", t.optimizer, OPTIMIZERS))
+    if t.adamw_kernel not in ADAMW_KERNELS:
+        raise ConfigError(_choice_message("adamw_kernel", t.adamw_kernel, ADAMW_KERNELS))
     if t.adamwprune_variant not in ADAMWPRUNE_VARIANTS:
         raise ConfigError(_choice_message("adamwprune_variant", t.adamwprune_variant, ADAMWPRUNE_VARIANTS))
     for key in ("spam_theta", "spam_spike_threshold", "bitter2_scale"):

@@ -497,6 +497,7 @@ def run_record(config, model, flops, device_name, peak, dtype, dist, commit, par
     """What the run is: its config, and what the config's auto settings resolved to on this device."""
     return {"config": config.to_dict(), "arch_name": config.model.arch_name, "world_size": dist.world_size,
             "compile_mode": parts.compile_mode, "dependent_launch": parts.dependent_launch,
+            "optimizer_class": optimizer_class(parts.optimizer),
             "fp8_lm_head": parts.loss_settings.fp8,
             "effective_max_iters": effective_max_iters(config.train),
             "params": model.num_params(non_embedding=False),
@@ -504,6 +505,11 @@ def run_record(config, model, flops, device_name, peak, dtype, dist, commit, par
             "flops_per_token": flops, "device_name": device_name, "dtype": dtype, "peak_tflops": peak,
             "torch_version": torch.__version__, "git_commit": commit,
             "started": datetime.now().isoformat(timespec="seconds")}
+
+
+def optimizer_class(optimizer):
+    """The optimizer's class by module and name: torch.optim.adamw.AdamW, fused_adamw.AdamW, ..."""
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
 def print_startup(config, sources, model, flops, device_name, dtype, peak, train_loader, dist, parts):
@@ -514,7 +520,8 @@ def print_startup(config, sources, model, flops, device_name, dtype, peak, train
     parallel = f", {dist.world_size} ranks ({parts.strategy})" if dist.enabled else ""
     print(f"device {device_name}, dtype {dtype}, gradient accumulation {parts.accumulation_steps}{parallel}")
     launch = " with dependent launch" if parts.dependent_launch else ""
-    print(f"step: torch.compile {parts.compile_mode or 'off'}{launch}; {parts.loss_settings.describe()}")
+    print(f"step: torch.compile {parts.compile_mode or 'off'}{launch}; {parts.loss_settings.describe()}; "
+          f"optimizer {optimizer_class(parts.optimizer)}")
     steps_per_epoch = getattr(train_loader, "steps_per_epoch", None)
     if steps_per_epoch:
         print(f"sequential data: {steps_per_epoch // parts.accumulation_steps} optimizer steps per epoch")

@@ -46,6 +46,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
     # optimizer (optimizers.py)
     optimizer: str = "adamw"  # adamw | adamwspam | adamwprune
+    adamw_kernel: str = "auto"  # auto (Triton where it runs: fused_adamw.py) | triton | torch (torch's fused AdamW on CUDA)
     spam_theta: float = 50.0  # clip g where g^2 > theta * v_hat (the lab's GPT-2 value; paper: 5000 with beta2 0.999)
     spam_enable_clip: bool = True
     spam_spike_threshold: float = 2.0  # z-score of the pre-clip global grad norm that counts as a spike

@@ -84,11 +84,29 @@ def test_build_optimizer_picks_the_class_and_decays_only_matrices():
     assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in not_decayed["params"])
 
 
+def test_adamw_kernel_picks_the_triton_kernel_where_it_runs(monkeypatch):
+    """auto and triton take fused_adamw's kernel where it runs; triton warns where it does not
+    (here the CPU, until the tests count it as a kernel device); torch never takes it."""
+    import fused_adamw
+    model = tiny_model()
+    assert type(build_optimizer(model, train_options(), "cpu")) is torch.optim.AdamW
+    with pytest.warns(UserWarning, match=r"adamw_kernel=triton ignored: .* the device is cpu"):
+        assert type(build_optimizer(model, train_options(adamw_kernel="triton"), "cpu")) is torch.optim.AdamW
+    monkeypatch.setattr(fused_adamw, "KERNEL_DEVICES", ("cuda", "cpu"))
+    for kernel in ("auto", "triton"):
+        optimizer = build_optimizer(model, train_options(adamw_kernel=kernel), "cpu")
+        assert type(optimizer) is fused_adamw.AdamW and optimizer.defaults["betas"] == (0.9, 0.95)
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+    assert type(build_optimizer(model, train_options(adamw_kernel="torch"), "cpu")) is torch.optim.AdamW
+
+
 def test_bad_optimizer_options_name_the_key_and_suggest():
     with pytest.raises(ConfigError, match=r"optimizer='adamwspm'.*Did you mean 'adamwspam'"):
         build_optimizer(tiny_model(), train_options(optimizer="adamwspm"), "cpu")
     with pytest.raises(ConfigError, match=r"adamwprune_variant='bitter5'.*bitter0, bitter1, bitter2"):
         build_optimizer(tiny_model(), train_options(optimizer="adamwprune", adamwprune_variant="bitter5"), "cpu")
+    with pytest.raises(ConfigError, match=r"adamw_kernel='trition'.*Did you mean 'triton'"):
+        build_optimizer(tiny_model(), train_options(adamw_kernel="trition"), "cpu")
     with pytest.raises(ConfigError, match="spam_spike_window=5"):
         build_optimizer(tiny_model(), train_options(spam_spike_window=5), "cpu")
 

@@ -77,6 +77,7 @@ def test_bf16_run_samples_text_under_its_autocast(tmp_path, char_data):
     assert [e["step"] for e in samples] == [2] and samples[0]["text"].startswith("ROMEO:")
     record = json.loads((tmp_path / "runs" / "bf16" / "config.json").read_text())
     assert (record["compile_mode"], record["fp8_lm_head"]) == (None, False)
+    assert record["optimizer_class"] == "torch.optim.adamw.AdamW" and "optimizer torch.optim.adamw.AdamW" in result.stdout
 
 
 def test_configuration_errors_exit_2_without_traceback(tmp_path, char_data):

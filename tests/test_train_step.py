@@ -85,10 +85,12 @@ def test_fused_adamw_clips_inside_its_step_only_on_plain_parameters(tmp_path):
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
+    import fused_adamw
     from train_step import _clips_inside_the_step
     model, _, _ = _model_and_batches()
     fused = torch.optim.AdamW(model.parameters(), fused=True)
     assert _clips_inside_the_step(fused, model)
+    assert _clips_inside_the_step(fused_adamw.AdamW(model.parameters()), model)
     assert not _clips_inside_the_step(torch.optim.AdamW(model.parameters(), foreach=False), model)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
