@@ -55,6 +55,7 @@ def build_step_parts(config, device, dtype, dist):
     accumulation_steps = accumulation_for(t, config.model.block_size, dist.world_size)
     compile_mode = compile_mode_for(t, device, dist.world_size, accumulation_steps)
     launch_early = dependent_launch.enable(t.dependent_launch, device, compile_model, dist.world_size)
+    set_norm_gradient_split(t.batch_size * config.model.block_size, device, compile_model)
     step_model = distributed.wrap_model(model, dist, strategy, compile_model, hardware.torch_dtype(dtype),
                                         t.fsdp_reshard_after_forward, compile_mode)
     torch.manual_seed(t.seed + dist.rank)  # dropout masks differ between ranks
@@ -80,6 +81,24 @@ def compile_mode_for(t, device, world_size, accumulation_steps):
     graphs = (device.startswith("cuda") and not hardware.is_rocm() and world_size == 1 and accumulation_steps == 1
               and not t.fp8 and t.activation_checkpointing == "none")
     return "reduce-overhead" if graphs else "default"
+
+
+def set_norm_gradient_split(rows, device, compiled):
+    """Rows per program in the kernel torch.compile makes for a norm's backward, which also sums the
+    norm's weight (and bias) gradient over the rows (Inductor's "mix-order reduction"): each program
+    leaves one partial sum per column, and a torch sum after the kernel adds them. Inductor aims at
+    8 programs per SM: 16 rows each for GPT-2 at batch 32 on an H100, 2048 partial sums, and each of
+    the step's 50 final sums took 10.7 us plus a 4 us launch gap. One program per SM (128 rows) ran
+    the step 0.4% faster (BENCHMARKS.md). Inductor's own choice off CUDA, uncompiled, or where the
+    torch lacks the setting."""
+    from torch._inductor import config as inductor_config
+    if not hasattr(inductor_config.triton, "mix_order_reduction_split_size"):
+        return
+    split = None
+    if compiled and device.startswith("cuda"):
+        per_sm = rows // torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
+        split = min(128, max(16, 1 << max(per_sm.bit_length() - 1, 0)))  # a power of two, as Inductor's are
+    inductor_config.triton.mix_order_reduction_split_size = split
 
 
 def convert_to_float8(model, recipe, device):

@@ -162,3 +162,24 @@ def test_step_parts_ask_for_dependent_launch_with_the_compile_setting(monkeypatc
     parts = build_step_parts(Config(cfg, TrainConfig(batch_size=2, device="cpu", compile=True, dependent_launch=True)),
                              "cpu", "float32", DistInfo())
     assert parts.dependent_launch is True and asked[-1] == (True, "cpu", True, 1)
+
+
+@pytest.mark.parametrize("rows, sms, compiled, device, expected", [
+    (32768, 132, True, "cuda", 128),  # GPT-2 at batch 32 on an H100: 248 rows per SM
+    (16384, 132, True, "cuda:1", 64),
+    (2048, 132, True, "cuda", 16),  # never below Inductor's own floor
+    (10 ** 6, 132, True, "cuda", 128),  # nor above its ceiling
+    (32768, 132, False, "cuda", None),  # not compiled: Inductor's own choice
+    (32768, 132, True, "cpu", None),
+])
+def test_norm_gradient_split_is_a_power_of_two_near_one_program_per_sm(rows, sms, compiled, device, expected,
+                                                                      monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    from training_setup import set_norm_gradient_split
+    if not hasattr(inductor_config.triton, "mix_order_reduction_split_size"):
+        pytest.skip("this torch has no mix-order reduction setting")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"multi_processor_count": sms}))
+    monkeypatch.setattr(inductor_config.triton, "mix_order_reduction_split_size", 7)
+    set_norm_gradient_split(rows, device, compiled)
+    assert inductor_config.triton.mix_order_reduction_split_size == expected
