@@ -44,7 +44,7 @@ class AdamW(torch.optim.AdamW):
                  maximize=False, capturable=False, differentiable=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                          maximize=maximize, capturable=capturable, differentiable=differentiable, fused=True)
-        self._plans = {}  # group index: (the addresses it was made for, address table, step counts)
+        self._plans = {}  # group index: (the addresses it was made for, its plan or None where the kernel cannot run)
         self._programs = {}  # the parameters' sizes: the program table
 
     def load_state_dict(self, state_dict):
@@ -76,13 +76,15 @@ class AdamW(torch.optim.AdamW):
                     or isinstance(group["lr"], torch.Tensor)):
                 return None
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                plans.append(None)
+                continue
             key = tuple((p.data_ptr(), p.grad.data_ptr()) for p in params)
             if index not in self._plans or self._plans[index][0] != key:
-                self._plans[index] = (key, self._plan(params) if params else "no gradients")
-            plan = self._plans[index][1]
-            if plan is None:
+                self._plans[index] = (key, self._plan(params))
+            if self._plans[index][1] is None:
                 return None
-            plans.append(None if plan == "no gradients" else plan)
+            plans.append(self._plans[index][1])
         return plans
 
     def _plan(self, params):

@@ -89,7 +89,8 @@ def set_norm_gradient_split(rows, device, compiled):
     leaves one partial sum per column, and a torch sum after the kernel adds them. Inductor aims at
     8 programs per SM: 16 rows each for GPT-2 at batch 32 on an H100, 2048 partial sums, and each of
     the step's 50 final sums took 10.7 us plus a 4 us launch gap. One program per SM (128 rows) ran
-    the step 0.4% faster (BENCHMARKS.md). Inductor's own choice off CUDA, uncompiled, or where the
+    the step 0.36% faster on average over two alternating pairs on one H100, 0.10% on another
+    (BENCHMARKS.md). Inductor's own choice off CUDA, uncompiled, or where the
     torch lacks the setting."""
     from torch._inductor import config as inductor_config
     if not hasattr(inductor_config.triton, "mix_order_reduction_split_size"):
