@@ -6,10 +6,10 @@ Measured on an H100 at GPT-2 124M sizes (32768 tokens), against the heuristic's 
 q/k/v projection 0.161 against 0.180 ms, the float8 LM head's logits 1.993 against 2.217 ms and its
 weight gradient 1.881 against 1.980 ms; most other block matmuls gain under 2%.
 
-linear(x, weight, bias) and scaled_mm(a, b, scale_a, scale_b, out_dtype, fast_accum) are custom ops
-(opaque to torch.compile) with the tuned cuBLASLt call on CUDA and F.linear / torch._scaled_mm
-elsewhere. PyTorch's CUDA build has libcublasLt loaded; calls run on PyTorch's cuBLAS handle and
-current stream.
+linear(x, weight, bias), weight_gradient(grad_out, x, out_dtype) (grad_out.T @ x written in fp32 from
+bf16 operands) and scaled_mm(a, b, scale_a, scale_b, out_dtype, fast_accum) are custom ops (opaque
+to torch.compile) with the tuned cuBLASLt call on CUDA and plain torch elsewhere. PyTorch's CUDA
+build has libcublasLt loaded; calls run on PyTorch's cuBLAS handle and current stream.
 """
 import ctypes
 import functools
@@ -62,6 +62,31 @@ def _linear_cuda(x, weight, bias):
 @linear.register_fake
 def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("workbench::weight_gradient", mutates_args=())
+def weight_gradient(grad_out: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """grad_out.T @ x for grad_out (M, N), x (M, K): a linear layer's weight gradient, summed in at
+    least fp32 and written in out_dtype, the parameter's. cuBLASLt writes an fp32 result straight from
+    bf16 operands, where torch's matmul would write bf16 for a separate kernel to widen."""
+    exact = torch.promote_types(x.dtype, torch.float32)
+    return (grad_out.T.to(exact) @ x.to(exact)).to(out_dtype)
+
+
+@weight_gradient.register_kernel("cuda")
+def _weight_gradient_cuda(grad_out, x, out_dtype):
+    if not (loadable() and x.dtype in (torch.bfloat16, torch.float16) and grad_out.dtype == x.dtype
+            and out_dtype in (torch.float32, x.dtype) and x.shape[1] % 8 == 0 and grad_out.shape[1] % 8 == 0):
+        return (grad_out.T @ x).to(out_dtype)
+    out = x.new_empty((grad_out.shape[1], x.shape[1]), dtype=out_dtype)
+    # column-major: out^T (K x N) = x^T (K x M, x's rows read as columns) @ grad_out (M x N, transposed)
+    matmul(out, (x, OP_N), (grad_out, OP_T), rows_out=x.shape[1], cols_out=grad_out.shape[1], inner=x.shape[0])
+    return out
+
+
+@weight_gradient.register_fake
+def _(grad_out, x, out_dtype):
+    return x.new_empty((grad_out.shape[1], x.shape[1]), dtype=out_dtype)
 
 
 @torch.library.custom_op("workbench::scaled_mm", mutates_args=())

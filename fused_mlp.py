@@ -44,41 +44,53 @@ def supported(ffn, dtype):
 
 def gelu_mlp(x, up_proj, down_proj):
     """down_proj(gelu_tanh(up_proj(x))), in the autocast dtype when autocast is on."""
-    dtype = hardware.matmul_dtype(x)
-    cast = (lambda t: None if t is None else t.to(dtype))
-    shape = x.shape
+    dtype, shape = hardware.matmul_dtype(x), x.shape
     with torch.autocast(x.device.type, enabled=False):
-        out = _GeluMLP.apply(x.reshape(-1, shape[-1]).to(dtype), cast(up_proj.weight), cast(up_proj.bias),
-                             cast(down_proj.weight), cast(down_proj.bias))
+        out = _GeluMLP.apply(x.reshape(-1, shape[-1]).to(dtype), up_proj.weight, up_proj.bias, down_proj.weight,
+                             down_proj.bias)
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
 class _GeluMLP(torch.autograd.Function):
+    """The parameters are cast to x's dtype inside, so that their gradients come back in the
+    parameters' own dtype (fp32 under autocast) straight from the matmuls, with no separate kernel
+    widening them."""
+
     @staticmethod
     def forward(ctx, x, w_up, b_up, w_down, b_down):
-        hidden, pre_activation = torch.ops.workbench.gelu_up_projection(x, w_up, b_up)
-        ctx.save_for_backward(x, w_up, w_down, hidden, pre_activation)
+        cast = (lambda t: None if t is None else t.to(x.dtype))
+        w_up_cast, w_down_cast = cast(w_up), cast(w_down)
+        hidden, pre_activation = torch.ops.workbench.gelu_up_projection(x, w_up_cast, cast(b_up))
+        ctx.save_for_backward(x, w_up_cast, w_down_cast, hidden, pre_activation)
+        ctx.parameter_dtype = w_up.dtype
         ctx.has_bias = b_up is not None
-        return torch.ops.workbench.linear(hidden, w_down, b_down)
+        return torch.ops.workbench.linear(hidden, w_down_cast, cast(b_down))
 
     @staticmethod
     def backward(ctx, grad_out):
         x, w_up, w_down, hidden, pre_activation = ctx.saved_tensors
+        dtype = ctx.parameter_dtype
         grad_out = grad_out.contiguous()
         grad_pre = torch.ops.workbench.gelu_down_projection_grad(grad_out, w_down, pre_activation)
-        grad_w_up, grad_b_up = _weight_and_bias_gradients(grad_pre, x) if ctx.has_bias else (grad_pre.T @ x, None)
-        return grad_pre @ w_up, grad_w_up, grad_b_up, grad_out.T @ hidden, grad_out.sum(0) if ctx.has_bias else None
+        if ctx.has_bias:
+            grad_w_up, grad_b_up = _weight_and_bias_gradients(grad_pre, x, dtype)
+            grad_b_down = grad_out.sum(0, dtype=dtype)
+        else:
+            grad_w_up, grad_b_up, grad_b_down = torch.ops.workbench.weight_gradient(grad_pre, x, dtype), None, None
+        grad_w_down = torch.ops.workbench.weight_gradient(grad_out, hidden, dtype)
+        return grad_pre @ w_up, grad_w_up, grad_b_up, grad_w_down, grad_b_down
 
 
-def _weight_and_bias_gradients(grad_out, x):
-    """(grad_out.T @ x, grad_out.sum(0)) from one matmul over x with a column of ones appended (and 7 of
-    zeros, to keep its rows 16-byte aligned): the bias gradient then costs one more output column
-    instead of a pass over grad_out. At GPT-2 124M sizes (grad_out 32768 x 3072) on an H100: 0.242 ms
-    for the copy and the matmul against 0.281 for the matmul and the sum."""
+def _weight_and_bias_gradients(grad_out, x, dtype):
+    """(grad_out.T @ x, grad_out.sum(0)) in dtype from one matmul over x with a column of ones appended
+    (and 7 of zeros, to keep its rows 16-byte aligned): the bias gradient then costs one more output
+    column instead of a pass over grad_out. At GPT-2 124M sizes (grad_out 32768 x 3072) on an H100:
+    0.242 ms for the copy and the matmul against 0.281 for the matmul and the sum."""
     width = x.shape[1]
     padded = torch.cat([x, x.new_ones(x.shape[0], 1), x.new_zeros(x.shape[0], 7)], dim=1)
-    product = grad_out.T @ padded
-    return product[:, :width], product[:, width]
+    product = torch.ops.workbench.weight_gradient(grad_out, padded, dtype)
+    # contiguous here, in the compiled graph: autograd would copy a strided gradient eagerly
+    return product[:, :width].contiguous(), product[:, width].contiguous()
 
 
 @torch.library.custom_op("workbench::gelu_up_projection", mutates_args=())

@@ -40,22 +40,28 @@ def project(x, linear, heads, head_dim):
     dtype = hardware.matmul_dtype(x)
     B, T, C = x.shape
     with torch.autocast(x.device.type, enabled=False):
-        return _QKVProjection.apply(x.reshape(B * T, C).to(dtype), linear.weight.to(dtype), linear.bias.to(dtype),
-                                    B, heads, head_dim)
+        return _QKVProjection.apply(x.reshape(B * T, C).to(dtype), linear.weight, linear.bias, B, heads, head_dim)
 
 
 class _QKVProjection(torch.autograd.Function):
+    """The weight and bias are cast to x's dtype inside, so that their gradients come back in the
+    parameters' own dtype (fp32 under autocast) straight from the matmul and the gather, with no
+    separate kernel widening them."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, batch, heads, head_dim):
-        ctx.save_for_backward(x, weight)
-        out = torch.ops.workbench.linear(x, weight, bias).view(batch, -1, sum(heads), head_dim)
+        cast_weight = weight.to(x.dtype)
+        ctx.save_for_backward(x, cast_weight)
+        ctx.weight_dtype, ctx.bias_dtype = weight.dtype, bias.dtype
+        out = torch.ops.workbench.linear(x, cast_weight, bias.to(x.dtype)).view(batch, -1, sum(heads), head_dim)
         return tuple(out.split(heads, dim=2))
 
     @staticmethod
     def backward(ctx, grad_q, grad_k, grad_v):
         x, weight = ctx.saved_tensors
         grad_out, grad_bias = torch.ops.workbench.gather_qkv_gradient(grad_q, grad_k, grad_v)
-        return grad_out @ weight, grad_out.T @ x, grad_bias, None, None, None
+        return (grad_out @ weight, torch.ops.workbench.weight_gradient(grad_out, x, ctx.weight_dtype),
+                grad_bias.to(ctx.bias_dtype), None, None, None)
 
 
 if triton is not None:
@@ -76,8 +82,8 @@ if triton is not None:
     @triton_op("workbench::gather_qkv_gradient", mutates_args=())
     def gather_qkv_gradient(grad_q: torch.Tensor, grad_k: torch.Tensor,
                             grad_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the gradients as one (B*T, width) matrix, its column sum) from grad_q (B, T, H, d) and
-        grad_k, grad_v (B, T, K, d), any strides; width = (H + 2K) d."""
+        """(the gradients as one (B*T, width) matrix, its column sum in fp32) from grad_q (B, T, H, d)
+        and grad_k, grad_v (B, T, K, d), any strides; width = (H + 2K) d."""
         B, T, _, head_dim = grad_q.shape
         sources = (grad_q, grad_k, grad_v)
         width, tokens = sum(g.shape[2] for g in sources) * head_dim, B * T
@@ -90,4 +96,4 @@ if triton is not None:
                 source, out, partial_sums, tokens, T, head_dim, *source.stride(), width, first_column,
                 BLOCK_TOKENS=GATHER_TOKENS, BLOCK_D=triton.next_power_of_2(head_dim), num_warps=GATHER_WARPS)
             first_column += source.shape[2] * head_dim
-        return out, partial_sums.sum(0).to(grad_q.dtype)
+        return out, partial_sums.sum(0)

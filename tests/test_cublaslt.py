@@ -64,6 +64,51 @@ def test_linear_takes_torch_where_cublaslt_cannot(monkeypatch):
         cublaslt._linear_cuda(torch.randn(6, 16).bfloat16(), torch.randn(16, 16).bfloat16(), None)
 
 
+def test_weight_gradient_op_sums_in_fp32_and_writes_the_requested_dtype():
+    grad_out, x = torch.randn(64, 16).bfloat16(), torch.randn(64, 24).bfloat16()
+    torch.library.opcheck(torch.ops.workbench.weight_gradient, (grad_out, x, torch.float32))
+    out = torch.ops.workbench.weight_gradient(grad_out, x, torch.float32)
+    exact = grad_out.double().T @ x.double()
+    assert out.dtype == torch.float32 and out.shape == (16, 24)
+    torch.testing.assert_close(out.double(), exact, rtol=1e-6, atol=1e-6)  # not rounded to bf16 on the way
+    assert not torch.allclose(exact.bfloat16().double(), exact, rtol=1e-6, atol=1e-6)  # which would show here
+    torch.testing.assert_close(torch.ops.workbench.weight_gradient(grad_out.double(), x.double(), torch.float64),
+                               exact)
+
+
+def test_weight_gradient_takes_torch_where_cublaslt_cannot(monkeypatch):
+    """Widths that are not multiples of 8, fp32 operands, or an output dtype cuBLASLt is not asked
+    for run torch's matmul (a call to the pretended cuBLASLt fails the test)."""
+    monkeypatch.setattr(cublaslt, "loadable", lambda: True)
+    monkeypatch.setattr(cublaslt, "matmul", lambda *args, **kwargs: pytest.fail("cuBLASLt called"))
+    bf16 = torch.bfloat16
+    cases = [(torch.randn(32, 12).to(bf16), torch.randn(32, 16).to(bf16), torch.float32),  # N = 12
+             (torch.randn(32, 16).to(bf16), torch.randn(32, 12).to(bf16), torch.float32),  # K = 12
+             (torch.randn(32, 16), torch.randn(32, 16), torch.float32),  # fp32 operands
+             (torch.randn(32, 16).to(bf16), torch.randn(32, 16).to(bf16), torch.float64)]
+    for grad_out, x, dtype in cases:
+        out = cublaslt._weight_gradient_cuda(grad_out, x, dtype)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, (grad_out.T @ x).to(dtype))
+    with pytest.raises(pytest.fail.Exception):  # and sizes it takes do reach it
+        cublaslt._weight_gradient_cuda(torch.randn(32, 16).to(bf16), torch.randn(32, 16).to(bf16), torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuBLASLt needs a GPU")
+def test_weight_gradient_on_the_gpu_equals_the_fp32_product():
+    torch.manual_seed(0)
+    for rows, n, k in ((1024, 48, 40), (4096, 256, 776)):  # 776: fused_mlp's padded operand
+        grad_out = torch.randn(rows, n, device="cuda").bfloat16()
+        x = torch.randn(rows, k, device="cuda").bfloat16()
+        exact = (grad_out.double().T @ x.double()).float()
+        out = torch.ops.workbench.weight_gradient(grad_out, x, torch.float32)
+        assert out.dtype == torch.float32 and out.shape == (n, k)
+        # fp32 sums of rows terms of about 1: errors grow as sqrt(rows); bf16 output would be off by 0.1-0.5
+        torch.testing.assert_close(out, exact, rtol=1e-5, atol=1e-4 * rows ** 0.5)
+        torch.testing.assert_close(torch.ops.workbench.weight_gradient(grad_out, x, torch.bfloat16),
+                                   exact.bfloat16(), rtol=1.6e-2, atol=1e-4 * rows ** 0.5)
+
+
 def test_mapped_libraries_finds_what_this_process_loaded():
     """How the module finds PyTorch's own libcublasLt (here: the C library, loaded by every process)."""
     import sys

@@ -54,6 +54,22 @@ def test_gelu_mlp_compiles_in_one_graph_and_follows_autocast():
         torch.testing.assert_close(grad, want, rtol=5e-2, atol=5e-2)
 
 
+def test_parameters_get_their_gradients_from_the_function_in_their_own_dtype():
+    """Under autocast the fp32 parameters go into the autograd function itself, which casts them, so
+    its backward hands them fp32 gradients from the matmuls: no cast node (and no widening kernel)
+    sits between the function and the parameters."""
+    mlp = _mlp(True, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_mlp.gelu_mlp(torch.randn(2, 4, 32), mlp.up_proj, mlp.down_proj)
+    function = out.grad_fn.next_functions[0][0]
+    assert type(function).__name__ == "_GeluMLPBackward"
+    fed = [node.variable for node, _ in function.next_functions[1:]]
+    assert all(a is b for a, b in zip(fed, (mlp.up_proj.weight, mlp.up_proj.bias, mlp.down_proj.weight,
+                                             mlp.down_proj.bias), strict=True))
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in mlp.parameters())
+
+
 def test_custom_ops_pass_torch_library_opcheck():
     x, w_up, b_up = torch.randn(6, 16), torch.randn(24, 16), torch.randn(24)
     torch.library.opcheck(torch.ops.workbench.gelu_up_projection, (x, w_up, b_up))

@@ -51,6 +51,17 @@ def test_projection_matches_the_plain_linear_and_split_in_values_and_gradients(t
     """)
 
 
+def test_parameters_get_their_gradients_from_the_function_in_their_own_dtype():
+    """Under autocast the fp32 weight and bias go into the autograd function itself, which casts them,
+    so no cast node (and no kernel widening bf16 gradients) sits between the function and them."""
+    linear = nn.Linear(32, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = qkv_projection.project(torch.randn(2, 4, 32), linear, (4, 2, 2), 8)
+    assert q.dtype == torch.bfloat16 and type(q.grad_fn).__name__ == "_QKVProjectionBackward"
+    fed = [node.variable for node, _ in q.grad_fn.next_functions[1:]]
+    assert fed[0] is linear.weight and fed[1] is linear.bias
+
+
 def test_applies_only_to_a_plain_biased_linear_on_cuda():
     x = torch.randn(2, 3, 8)
     assert not qkv_projection.applies(nn.Linear(8, 24), x)  # CPU
