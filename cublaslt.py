@@ -47,9 +47,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 @linear.register_kernel("cuda")
 def _linear_cuda(x, weight, bias):
-    half = (torch.bfloat16, torch.float16)
-    if not (loadable() and x.dtype in half and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
-            and x.shape[1] % 8 == 0 and weight.shape[0] % 8 == 0):  # 16-byte rows, as cuBLASLt wants them
+    if not _takes([t for t in (x, weight, bias) if t is not None], widths=(x.shape[1], weight.shape[0])):
         return F.linear(x, weight, bias)
     out = x.new_empty(x.shape[0], weight.shape[0])
     # column-major: out^T (N x M) = weight (N x K, stored K x N, transposed) @ x^T (K x M)
@@ -75,8 +73,7 @@ def weight_gradient(grad_out: torch.Tensor, x: torch.Tensor, out_dtype: torch.dt
 
 @weight_gradient.register_kernel("cuda")
 def _weight_gradient_cuda(grad_out, x, out_dtype):
-    if not (loadable() and x.dtype in (torch.bfloat16, torch.float16) and grad_out.dtype == x.dtype
-            and out_dtype in (torch.float32, x.dtype) and x.shape[1] % 8 == 0 and grad_out.shape[1] % 8 == 0):
+    if not (out_dtype in (torch.float32, x.dtype) and _takes((grad_out, x), widths=(x.shape[1], grad_out.shape[1]))):
         return (grad_out.T @ x).to(out_dtype)
     out = x.new_empty((grad_out.shape[1], x.shape[1]), dtype=out_dtype)
     # column-major: out^T (K x N) = x^T (K x M, x's rows read as columns) @ grad_out (M x N, transposed)
@@ -111,6 +108,15 @@ def _scaled_mm_cuda(a, b, scale_a, scale_b, out_dtype, fast_accum):
 @scaled_mm.register_fake
 def _(a, b, scale_a, scale_b, out_dtype, fast_accum):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+def _takes(operands, widths):
+    """Whether the custom ops call cuBLASLt for these operands: the library loaded, the operands all
+    bf16 or all fp16, and every row width (of an operand or the output) a multiple of 8 elements, so
+    rows are 16-byte multiples as cuBLASLt wants them; torch's own matmul runs otherwise."""
+    dtype = operands[0].dtype
+    return (loadable() and dtype in (torch.bfloat16, torch.float16) and all(t.dtype == dtype for t in operands)
+            and all(width % 8 == 0 for width in widths))
 
 
 def _alignment(tensor):
